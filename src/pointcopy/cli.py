@@ -1,0 +1,40 @@
+"""Command line entry point: `pointcopy <command> ...`.
+
+Each command lives in its own module and exposes `add_arguments(parser)` and `run(args) -> int`.
+Modules are imported only when their command is chosen, so `pointcopy score` never imports torch.
+To add a command, add one line to COMMANDS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("pointcopy.commands.run", "run a tiny locally built model on a generated image and print the trace"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # Build only the chosen sub-parser when possible: keeps `pointcopy score` free of torch imports.
+    if argv and argv[0] in COMMANDS:
+        module_name, help_text = COMMANDS[argv[0]]
+        parser = argparse.ArgumentParser(prog=f"pointcopy {argv[0]}", description=help_text)
+        module = importlib.import_module(module_name)
+        module.add_arguments(parser)
+        return int(module.run(parser.parse_args(argv[1:])) or 0)
+    parser = argparse.ArgumentParser(prog="pointcopy", description="point-and-copy grounded reasoning")
+    parser.add_argument("command", nargs="?", choices=sorted(COMMANDS), help="; ".join(
+        f"{k}: {v[1]}" for k, v in COMMANDS.items()))
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    return main([args.command])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

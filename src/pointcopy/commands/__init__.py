@@ -1,0 +1,1 @@
+"""One module per `pointcopy` command (see pointcopy.cli.COMMANDS)."""

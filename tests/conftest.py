@@ -1,0 +1,46 @@
+"""Shared test fixtures.
+
+`shared/` (benchmarks and oracles) sits next to the repository: `<repo>/../shared`. CI clones main elsewhere,
+so the location can be overridden with POINTCOPY_SHARED (root of shared/), POINTCOPY_BENCHMARKS or
+POINTCOPY_ORACLES; `/work/shared` is the last fallback. A missing folder fails the test loudly instead of
+skipping it: these oracle tests are the point of CI.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_root() -> Path:
+    env = os.environ.get("POINTCOPY_SHARED")
+    candidates = [Path(env)] if env else []
+    candidates += [REPO.parent / "shared", Path("/work/shared")]
+    for c in candidates:
+        if c.is_dir():
+            return c
+    raise FileNotFoundError(f"shared/ not found; tried {[str(c) for c in candidates]}; set POINTCOPY_SHARED")
+
+
+def benchmarks_dir() -> Path:
+    env = os.environ.get("POINTCOPY_BENCHMARKS")
+    return Path(env) if env else shared_root() / "benchmarks"
+
+
+def oracles_dir() -> Path:
+    env = os.environ.get("POINTCOPY_ORACLES")
+    return Path(env) if env else shared_root() / "oracles"
+
+
+@pytest.fixture(scope="session")
+def benchmarks_path() -> Path:
+    return benchmarks_dir()
+
+
+@pytest.fixture(scope="session")
+def oracles_path() -> Path:
+    return oracles_dir()

@@ -7,9 +7,9 @@ The two public model classes are imported lazily so that the pure-Python parts o
 __version__ = "0.1.0"
 
 _LAZY = {
-    "PointCopyConfig": "pointcopy.model.config",
-    "PointCopyForConditionalGeneration": "pointcopy.model.qwen2_5_vl",
-    "CopyMemory": "pointcopy.model.memory",
+    "PointCopyConfig": "pointcopy.model",
+    "PointCopyForConditionalGeneration": "pointcopy.model",
+    "CopyMemory": "pointcopy.model",
 }
 
 

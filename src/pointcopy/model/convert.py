@@ -1,0 +1,143 @@
+"""Checkpoint formats: our own, the official v1 release, and a base Qwen2.5-VL to convert.
+
+    format        config.json model_type   weight keys
+    pointcopy     "pointcopy"              model.visual.*, model.language_model.*, lm_head.*, pointer.*
+    official v1   "v1" (flat 4.5x config)  visual.*, model.*, lm_head.*, _copy_q_head.*, _copy_k_head.*
+                                           (_copy_head.* with tie_copy_heads, gate.* with use_gate)
+    Qwen2.5-VL    "qwen2_5_vl"             either layout above without heads -> heads = I/sqrt(D), bias 0
+
+All three go through transformers' own `from_pretrained` (sharding, dtype, device_map, hub ids) with a key
+mapping, so loading a 7B checkpoint costs what loading Qwen2.5-VL costs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .config import PointCopyConfig
+
+# regex -> replacement, applied by transformers while loading (no-ops on keys already in the 5.x layout)
+OFFICIAL_KEY_MAPPING = {
+    r"^visual\.": "model.visual.",
+    r"^model\.(?!language_model\.|visual\.)": "model.language_model.",
+    r"^_copy_q_head\.": "pointer.q_proj.",
+    r"^_copy_k_head\.": "pointer.k_proj.",
+    r"^_copy_head\.": "pointer.shared_proj.",
+    r"^gate\.": "pointer.gate.",
+}
+QWEN_KEY_MAPPING = {k: v for k, v in OFFICIAL_KEY_MAPPING.items() if "model" in v and "pointer" not in v}
+
+# official V1Config fields with no counterpart here; `use_cfg` changes outputs, so it is refused if set
+_OFFICIAL_ONLY = ("copy_extraction_layer", "copy_scaler", "use_cfg")
+_BOOKKEEPING = ("model_type", "architectures", "transformers_version", "auto_map")
+COPY_FIELDS = (
+    "copy_token_start", "copy_token_num", "region_token_id", "copy_hidden_size", "use_embeddings_as_keys",
+    "normalize_copy_states", "tie_copy_heads", "use_gate", "do_copy", "z_loss_weight", "z_loss_top_k",
+    "label_smoothing", "separate_copy_loss", "pointing_enabled", "copy_position",
+)
+
+
+def read_config_dict(path: str | os.PathLike, **hub_kwargs) -> dict:
+    """config.json of a local directory or hub id, as a dict."""
+    local = Path(path) / "config.json"
+    if local.is_file():
+        return json.loads(local.read_text())
+    if Path(path).is_dir():
+        raise ValueError(f"{path}: no config.json; not a pointcopy, official v1 or Qwen2.5-VL checkpoint directory")
+    from transformers.utils import cached_file
+
+    return json.loads(Path(cached_file(str(path), "config.json", **hub_kwargs)).read_text())
+
+
+def _sanitize_token_ids(d: dict) -> dict:
+    # Qwen's class default bos (151643) is meaningless for small vocabularies; drop out-of-range special ids.
+    vocab = d.get("vocab_size") or (d.get("text_config") or {}).get("vocab_size")
+    if vocab and d.get("bos_token_id") is None:
+        d["bos_token_id"] = None
+    return d
+
+
+def config_from_official(d: dict, **overrides) -> PointCopyConfig:
+    """Map an official v1 `config.json` dict (flat, transformers 4.5x) onto PointCopyConfig."""
+    d = dict(d)
+    if d.get("model_type") != "v1":
+        raise ValueError(f"not an official v1 config (model_type={d.get('model_type')!r})")
+    if d.get("copy_extraction_layer", -1) != -1:
+        raise ValueError("official config: copy_extraction_layer must be -1 (as the official code asserts)")
+    if d.get("use_cfg"):
+        raise ValueError("official config: use_cfg=True (classifier-free guidance padding) is not supported")
+    for key in _OFFICIAL_ONLY + _BOOKKEEPING:
+        d.pop(key, None)
+    if "torch_dtype" in d:
+        d["dtype"] = d.pop("torch_dtype")
+    d["label_smoothing"] = float(d.get("label_smoothing") or 0.0)
+    d = _sanitize_token_ids(d)
+    d.update(overrides)
+    return PointCopyConfig(**d)
+
+
+def config_from_qwen(d: dict, tokenizer_dir: str | os.PathLike | None = None, **overrides) -> PointCopyConfig:
+    """A base Qwen2.5-VL config dict + copy fields. Pointer ids start right after the tokenizer's vocabulary."""
+    d = {k: v for k, v in d.items() if k not in _BOOKKEEPING}
+    if "torch_dtype" in d:
+        d["dtype"] = d.pop("torch_dtype")
+    vocab = d.get("vocab_size") or (d.get("text_config") or {}).get("vocab_size")
+    if "copy_token_start" not in overrides or "region_token_id" not in overrides:
+        tok = _try_tokenizer(tokenizer_dir)
+        if tok is not None:
+            overrides.setdefault("copy_token_start", len(tok))
+            overrides.setdefault("region_token_id", tok.convert_tokens_to_ids("<|fim_pad|>"))
+        elif vocab == 152064:  # the released Qwen2.5-VL vocabulary: official ids
+            overrides.setdefault("copy_token_start", 151665)
+            overrides.setdefault("region_token_id", 151662)
+        else:
+            raise ValueError("cannot infer copy_token_start/region_token_id: no tokenizer next to the checkpoint "
+                             "and an unknown vocabulary size; pass them as keyword arguments")
+    d.update(overrides)
+    return PointCopyConfig(**d)
+
+
+def _try_tokenizer(path):
+    if path is None:
+        return None
+    if Path(path).is_dir() and not any((Path(path) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError):
+        return None
+
+
+def load_pretrained(cls, path, *args, **kwargs):
+    """`cls.from_pretrained` for all three formats. Copy fields (see COPY_FIELDS) may be given as keywords to
+    override the checkpoint's values, e.g. `pointing_enabled=False` or `copy_position="source_patch"`."""
+    hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
+    if kwargs.get("config") is not None:
+        return cls._from_pretrained_native(path, *args, **kwargs)
+    d = read_config_dict(path, **hub_kwargs)
+    model_type = d.get("model_type")
+    if model_type == "pointcopy":
+        return cls._from_pretrained_native(path, *args, **kwargs)
+    overrides = {k: kwargs.pop(k) for k in COPY_FIELDS if k in kwargs}
+    if model_type == "v1":
+        config = config_from_official(d, **overrides)
+        return _native_layout(cls._from_pretrained_native(path, *args, config=config,
+                                                          key_mapping=OFFICIAL_KEY_MAPPING, **kwargs))
+    if model_type == "qwen2_5_vl":
+        config = config_from_qwen(d, tokenizer_dir=path if Path(path).is_dir() else None, **overrides)
+        model = cls._from_pretrained_native(path, *args, config=config, key_mapping=QWEN_KEY_MAPPING, **kwargs)
+        model.pointer.init_identity()  # the official training start: heads barely change the output
+        return _native_layout(model)
+    raise ValueError(f"{path}: config.json model_type {model_type!r} is neither 'pointcopy', official v1 ('v1') "
+                     f"nor a base Qwen2.5-VL ('qwen2_5_vl')")
+
+
+def _native_layout(model):
+    """transformers reverts the load-time key mapping when saving; a converted model must save in *our* layout
+    (its config says model_type "pointcopy"), so forget the foreign mapping."""
+    model._weight_conversions = None
+    return model

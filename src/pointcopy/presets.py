@@ -1,0 +1,132 @@
+"""Tiny offline presets: a Qwen-style tokenizer, processor and Qwen2.5-VL-shaped point-and-copy config.
+
+Everything is built locally (no hub): a byte-level BPE trained on a small built-in corpus, Qwen's special tokens
+appended after the ordinary vocabulary (as in Qwen, so pointer ids start right after them), Qwen2.5-VL's chat
+template, and transformers' PIL image processor (no torchvision). Used by tests, the demo and benchmarks.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+QWEN_SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
+    "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+    "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>",
+    "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
+]
+
+# Qwen2.5-VL's chat template (same rendering for images, system default and generation prompt).
+CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}"
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+_WORDS = """the a an of to in on is are and or not how many what which color shape size material left right
+above below object objects thing things ball balls sphere spheres cube cubes block blocks cylinder cylinders cone
+square circle triangle rectangle red green blue yellow purple cyan gray brown black white orange pink small large
+tiny big matte shiny metal rubber metallic subtract add count compare there more fewer than same equal number
+answer question step think so first then next finally therefore total left are is remaining all how much area
+angle line point length width height degree value find let we have it this that each one two three four five six
+seven eight nine ten zero plus minus times divided sum difference product chart bar graph figure image shown
+look detect query objects region box copy grounded reasoning please use long chain style step by""".split()
+
+
+def _corpus() -> list[str]:
+    lines = [" ".join(_WORDS[i:i + 12]) for i in range(0, len(_WORDS), 12)]
+    lines += [f"{a} + {b} = {a + b}, {a} - {b} = {a - b}, {a}.{b}" for a, b in itertools.product(range(12), repeat=2)]
+    lines += [f'detect(query="{c} {s}", objects=["<obj{i}>"]) <region>[0.{i}5, 0.{i}0, 0.9{i}, 1.00]</region>'
+              for i, (c, s) in enumerate(itertools.product(_WORDS[50:62], _WORDS[33:45]))]
+    lines += ["Answer: 3\nThe answer is (B). Question: How many objects are left?\nChoices:\n(A) 1\n(B) 2"] * 3
+    return lines
+
+
+def build_tiny_tokenizer(vocab_size: int = 1024):
+    """A byte-level BPE (any text encodes) with Qwen's special tokens and chat template. Deterministic."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   additional_special_tokens=QWEN_SPECIAL_TOKENS, chat_template=CHAT_TEMPLATE,
+                                   padding_side="left")
+    missing = [t for t in QWEN_SPECIAL_TOKENS if fast.convert_tokens_to_ids(t) in (None, fast.unk_token_id)]
+    if missing:
+        raise RuntimeError(f"special tokens not added: {missing}")
+    return fast
+
+
+def build_tiny_processor(tokenizer=None, min_pixels: int = 56 * 56, max_pixels: int = 28 * 28 * 256):
+    """PointCopyProcessor with the PIL image processor (patch 14, merge 2) and the tiny tokenizer."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from .processing import PointCopyProcessor
+
+    tokenizer = tokenizer or build_tiny_tokenizer()
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14,
+                                               temporal_patch_size=2, merge_size=2)
+    return PointCopyProcessor(tokenizer, image_processor)
+
+
+def tiny_config(tokenizer=None, *, hidden_size: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
+                vision_hidden: int = 32, vision_depth: int = 2, **copy_fields):
+    """A Qwen2.5-VL-shaped PointCopyConfig whose ids match `tokenizer` (pointer ids start at len(tokenizer))."""
+    from .model import PointCopyConfig
+
+    tokenizer = tokenizer or build_tiny_tokenizer()
+    ids = tokenizer.convert_tokens_to_ids
+    n = len(tokenizer)
+    head_dim = hidden_size // heads
+    half = head_dim // 2  # mrope sections (t, h, w) must sum to head_dim / 2
+    section = [half - 2 * (half // 3), half // 3, half // 3]
+    text = dict(vocab_size=n, hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=layers,
+                num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=4096,
+                rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                    "mrope_section": section},
+                eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"), bos_token_id=None)
+    vision = dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
+                  num_heads=max(1, vision_hidden // 16), out_hidden_size=hidden_size, patch_size=14,
+                  spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                  fullatt_block_indexes=[vision_depth - 1], in_channels=3)
+    fields = dict(copy_token_start=n, region_token_id=ids("<|fim_pad|>"))
+    fields.update(copy_fields)
+    return PointCopyConfig(text_config=text, vision_config=vision, image_token_id=ids("<|image_pad|>"),
+                           video_token_id=ids("<|video_pad|>"), vision_start_token_id=ids("<|vision_start|>"),
+                           vision_end_token_id=ids("<|vision_end|>"), tie_word_embeddings=False, **fields)
+
+
+def tiny_model(seed: int = 0, tokenizer=None, **config_kwargs):
+    """A randomly initialised tiny PointCopyForConditionalGeneration (float32, eval mode)."""
+    import torch
+
+    from .model import PointCopyForConditionalGeneration
+
+    torch.manual_seed(seed)
+    model = PointCopyForConditionalGeneration(tiny_config(tokenizer, **config_kwargs))
+    model.generation_config.eos_token_id = model.config.text_config.eos_token_id
+    model.generation_config.pad_token_id = model.config.text_config.pad_token_id
+    return model.eval()
+
+
+def save_tiny(directory: str | Path, seed: int = 0, **config_kwargs) -> Path:
+    """Write a tiny checkpoint + processor that `from_pretrained` / `AutoProcessor.from_pretrained` reload."""
+    directory = Path(directory)
+    processor = build_tiny_processor()
+    tiny_model(seed, processor.tokenizer, **config_kwargs).save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory

@@ -20,10 +20,15 @@ An optional backend uses latex2sympy2 (if installed) as the parser; evaluation i
 
 from __future__ import annotations
 
+import json
 import math
-import multiprocessing as mp
+import os
 import re
+import select
+import subprocess
+import sys
 from functools import lru_cache
+from pathlib import Path
 
 import sympy
 
@@ -41,8 +46,14 @@ class MathParseError(ValueError):
 _FUNCS = {"sin": sympy.sin, "cos": sympy.cos, "tan": sympy.tan, "arcsin": sympy.asin, "arccos": sympy.acos,
           "arctan": sympy.atan, "sinh": sympy.sinh, "cosh": sympy.cosh, "tanh": sympy.tanh,
           "exp": sympy.exp, "ln": None, "log": None, "cot": sympy.cot, "sec": sympy.sec, "csc": sympy.csc}
-_IGNORED_CMDS = {"left", "right", "displaystyle", ",", ";", "!", " ", "quad", "qquad", ":", "big", "bigl", "bigr",
-                 "Big", "Bigl", "Bigr"}
+_IGNORED_CMDS = {"left", "right", "displaystyle", ",", " ", "quad", "qquad", "big", "bigl", "bigr", "Big", "Bigl",
+                 "Bigr"}
+# latex2sympy2 rejects these spacing commands outright (e.g. "$-\!2$")
+_REJECTED_CMDS = {"!", ";", ":", "$", "#", "&", "_"}
+# commands and bare words that latex2sympy2's lexer turns into tokens no expression can continue with: the valid
+# prefix before them is the value ("18\choose3" -> 18, "2triangles" -> 2 via the keyword "tr")
+_STOP_CMDS = {"choose", "end"}
+_STOP_WORDS = ("trace", "tr", "norm", "rank", "gcd", "lcm", "floor", "ceil", "eye", "diag", "rref")
 _MUL_CMDS = {"cdot", "times", "ast"}
 _NUMBER = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?|\.\d+|\d+")
 _CMD = re.compile(r"\\([a-zA-Z]+|.)")
@@ -52,11 +63,14 @@ def _tokenize(s: str) -> list[tuple[str, str]]:
     """Tokens as (kind, text); a lone '.' (not starting a number) ends the input like latex2sympy2's lexer."""
     toks: list[tuple[str, str]] = []
     i, n = 0, len(s)
+    spaced = False
     while i < n:
         ch = s[i]
         if ch.isspace() or ch == "$" or ch == "~":
             i += 1
+            spaced = True
             continue
+        was_spaced, spaced = spaced, False
         if ch.isdigit() or (ch == "." and i + 1 < n and s[i + 1].isdigit()):
             m = _NUMBER.match(s, i)
             text = m.group(0)
@@ -79,17 +93,23 @@ def _tokenize(s: str) -> list[tuple[str, str]]:
                 continue  # LaTeX line break
             if name in _IGNORED_CMDS:
                 continue
+            if name in _REJECTED_CMDS:
+                raise MathParseError(f"unsupported command \\{name}")
+            if name in _STOP_CMDS:
+                break
             if name in ("{", "}"):
                 toks.append(("open" if name == "{" else "close", name))
                 continue
             if name == "%":
+                if was_spaced:
+                    raise MathParseError("space before \\%")  # latex2sympy2 rejects "30 \\%"
                 toks.append(("percent", "%"))
                 continue
-            if name in ("$", "#", "&", "_"):
-                raise MathParseError(f"unsupported escape \\{name}")
             toks.append(("cmd", name))
             continue
         if ch.isalpha() and ch.isascii():
+            if s.startswith(_STOP_WORDS, i):
+                break
             toks.append(("letter", ch))
         elif ch in "([{":
             toks.append(("open", ch))
@@ -381,7 +401,7 @@ def _pv(e):
             raise NotANumber("power too large")
         if e.exp == sympy.Rational(1, 2):  # printed as sqrt(x): math.sqrt, ValueError for negatives
             return _call(math.sqrt, b)
-        return _div(1, b ** -x) if isinstance(x, int) and x < 0 and b == 0 else _powv(b, x)
+        return _powv(b, x)
     if isinstance(e, sympy.factorial):
         n = _pv(e.args[0])
         if not isinstance(n, int) or n < 0 or n > _MAX_FACTORIAL:
@@ -452,13 +472,13 @@ def official_value_unguarded(s: str, backend: str = "native") -> int | float | N
 
 
 # ----------------------------------------------------------------------------------------------- worker + timeout
-def _worker(conn, backend: str) -> None:
-    while True:
-        try:
-            s = conn.recv()
-        except EOFError:
-            return
-        conn.send(official_value_unguarded(s, backend))
+def _worker_main() -> None:
+    """Worker loop: one JSON request per stdin line -> one JSON value per stdout line."""
+    for line in sys.stdin:
+        req = json.loads(line)
+        v = official_value_unguarded(req["s"], req["backend"])
+        sys.stdout.write(json.dumps(v) + "\n")
+        sys.stdout.flush()
 
 
 _PLAIN_NUMBER = re.compile(r"-?\d{1,15}(\.\d{1,15})?")
@@ -467,8 +487,9 @@ _PLAIN_NUMBER = re.compile(r"-?\d{1,15}(\.\d{1,15})?")
 class Evaluator:
     """Official-value evaluation in a worker process with a per-item time limit and a result cache.
 
-    A call that exceeds `timeout_s` kills the worker (a fresh one starts on the next call) and counts as None,
-    the same outcome as the official `except` branch.
+    The worker is a plain `python -m pointcopy.eval.safe_math` subprocess speaking JSON lines (no
+    multiprocessing, so callers' scripts need no `__main__` guard). A call that exceeds `timeout_s` kills the
+    worker (a fresh one starts on the next call) and counts as None, the official `except` outcome.
     """
 
     def __init__(self, timeout_s: float = DEFAULT_TIMEOUT_S, backend: str = "native"):
@@ -477,25 +498,26 @@ class Evaluator:
         if backend == "latex2sympy2":
             _latex2sympy2_parse("1")  # fail early with ImportError if the optional extra is missing
         self.timeout_s, self.backend = timeout_s, backend
-        self._proc = None
-        self._conn = None
+        self._proc: subprocess.Popen | None = None
         self._cache: dict[str, int | float | None] = {}
         self.timeouts = 0
 
     def _start(self) -> None:
-        ctx = mp.get_context("spawn")  # no fork of a possibly threaded parent
-        parent, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_worker, args=(child, self.backend), daemon=True)
-        self._proc.start()
-        child.close()
-        self._conn = parent
+        src = str(Path(__file__).resolve().parents[2])  # works for editable and plain checkouts alike
+        env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self._proc = subprocess.Popen([sys.executable, "-m", "pointcopy.eval.safe_math"], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True, encoding="utf-8", env=env, bufsize=1)
 
     def close(self) -> None:
         if self._proc is not None:
-            self._conn.close()
-            self._proc.kill()
-            self._proc.join()
-            self._proc = self._conn = None
+            proc, self._proc = self._proc, None
+            proc.kill()
+            proc.wait()
+            for f in (proc.stdin, proc.stdout):
+                try:
+                    f.close()
+                except OSError:
+                    pass
 
     def __enter__(self):
         return self
@@ -522,13 +544,18 @@ class Evaluator:
         return v
 
     def _ask(self, s: str):
-        if self._proc is None or not self._proc.is_alive():
+        if self._proc is None or self._proc.poll() is not None:
             self._start()
-        self._conn.send(s)
-        if self._conn.poll(self.timeout_s):
-            return self._conn.recv()
-        self.timeouts += 1
-        self.close()
+        self._proc.stdin.write(json.dumps({"s": s, "backend": self.backend}) + "\n")
+        self._proc.stdin.flush()
+        ready, _, _ = select.select([self._proc.stdout], [], [], self.timeout_s)
+        if ready:
+            line = self._proc.stdout.readline()
+            if line:
+                return json.loads(line)
+        else:
+            self.timeouts += 1
+        self.close()  # timed out or the worker died: either way the official code would not have a value
         return None
 
 
@@ -536,3 +563,7 @@ class Evaluator:
 def default_evaluator() -> Evaluator:
     """Process-wide evaluator (one worker) for callers that do not manage their own."""
     return Evaluator()
+
+
+if __name__ == "__main__":
+    _worker_main()

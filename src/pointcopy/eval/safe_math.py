@@ -36,6 +36,7 @@ MAX_INPUT_CHARS = 4000  # longer "answers" are whole paragraphs; latex2sympy rej
 DEFAULT_TIMEOUT_S = 5.0
 _MAX_INT_EXPONENT = 4096  # larger integer powers are refused (official code would hang or run out of memory)
 _MAX_FACTORIAL = 2000
+_MAX_RESULT_BITS = 1 << 20  # ~315k decimal digits: far beyond any answer, still fast
 
 
 class MathParseError(ValueError):
@@ -395,7 +396,8 @@ def _pv(e):
         if e.base is sympy.E:  # printed as exp(x)
             return _call(math.exp, _pv(e.exp))
         b, x = _pv(e.base), _pv(e.exp)
-        if isinstance(b, int) and isinstance(x, int) and x > _MAX_INT_EXPONENT and abs(b) > 1:
+        if isinstance(b, int) and isinstance(x, int) and abs(b) > 1 and (
+                x > _MAX_INT_EXPONENT or b.bit_length() * x > _MAX_RESULT_BITS):
             raise NotANumber("integer power too large")
         if isinstance(b, float) and isinstance(x, (int, float)) and abs(x) > 1e6:
             raise NotANumber("power too large")

@@ -1,0 +1,145 @@
+"""MathVista official-compatible scoring (EVAL.md §1.5).
+
+`extract_answer` holds the deterministic fast paths of the official `extract_answer.py` (the GPT step is optional
+and lives in `judge.py`); `normalize_extracted_answer` + `is_correct` reproduce `calculate_score.py`;
+`aggregate` builds the official `scores_*.json` layout (average + 9 breakdown keys, sorted by accuracy).
+
+Integer rule: "current" is today's `str(int(float(x)))` (truncates "7.9" -> "7"); "legacy" is the pre-release
+`str(int(x))` that produced most stored output files (fails on any decimal string).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+BREAKDOWN_KEYS = ("question_type", "answer_type", "language", "source", "category", "task", "context", "grade",
+                  "skills")
+INTEGER_RULES = ("current", "legacy")
+_LETTER_IN_PARENS = re.compile(r"\(([a-zA-Z])\)")
+_QUICK = re.compile(r'The answer is "(.*)"\.')
+
+
+def levenshtein(a: str, b: str) -> int:
+    """Edit distance (insert/delete/substitute, cost 1), as python-Levenshtein's `distance`."""
+    if len(a) < len(b):
+        a, b = b, a
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def most_similar_choice(text: str, choices: list[str]) -> str:
+    """Choice with the smallest edit distance to `text`; the first one on ties (as the official `index(min)`)."""
+    dists = [levenshtein(text, c) for c in choices]
+    return choices[dists.index(min(dists))]
+
+
+def _pid(item: dict):
+    return item.get("pid")
+
+
+def extract_answer(item: dict, response, quick_extract: bool = False) -> str | None:
+    """Official deterministic fast paths `response -> extraction`; None when only an LLM could extract."""
+    if response is None:
+        return None
+    if not isinstance(response, str):
+        raise ValueError(f"MathVista item {_pid(item)!r}: field 'response' must be a string")
+    if response == "":
+        return ""
+    if item.get("question_type") == "multi_choice" and response in (item.get("choices") or []):
+        return response
+    if item.get("answer_type") == "integer":
+        try:
+            return str(int(response))
+        except ValueError:
+            pass
+    if item.get("answer_type") == "float":
+        try:
+            return str(float(response))
+        except ValueError:
+            pass
+    if quick_extract:
+        m = _QUICK.search(response)
+        if m:
+            return m.group(1)
+    return None
+
+
+def normalize_extracted_answer(item: dict, extraction, integer_rule: str = "current"):
+    """Official `normalize_extracted_answer`: extraction -> prediction (choice text, int/float string, list
+    string) or None when the extraction does not convert."""
+    if integer_rule not in INTEGER_RULES:
+        raise ValueError(f"integer_rule must be one of {INTEGER_RULES}, got {integer_rule!r}")
+    qtype, atype = item.get("question_type"), item.get("answer_type")
+    if qtype == "multi_choice":
+        choices = item.get("choices")
+        if not choices:
+            raise ValueError(f"MathVista item {_pid(item)!r}: multi_choice item without 'choices'")
+        text = extraction.strip() if isinstance(extraction, str) else str(extraction)
+        letters = _LETTER_IN_PARENS.findall(text)
+        if letters:
+            text = letters[0].upper()
+        options = [chr(ord("A") + i) for i in range(len(choices))]
+        if text in options:
+            return choices[options.index(text)]
+        return most_similar_choice(text, choices)
+    if atype == "integer":
+        try:
+            return str(int(float(extraction))) if integer_rule == "current" else str(int(extraction))
+        except (ValueError, TypeError, OverflowError):
+            return None
+    if atype == "float":
+        precision = item.get("precision")
+        try:
+            # cast: a precision stored as 1.0 would make round() raise and every float item wrong (lmms-eval bug)
+            return str(round(float(extraction), int(precision)))
+        except (ValueError, TypeError, OverflowError):
+            return None
+    if atype == "list":
+        return str(extraction)
+    raise ValueError(f"MathVista item {_pid(item)!r}: unsupported answer_type {atype!r}")
+
+
+def is_correct(item: dict, prediction) -> bool:
+    """Official `safe_equal`: exact equality with the gold answer string (MC compares choice text)."""
+    return prediction == item.get("answer")
+
+
+def score_item(item: dict, extraction, integer_rule: str = "current") -> tuple[object, bool]:
+    """(prediction, true_false) from an extraction; a missing extraction (None) scores False, unnormalised."""
+    if extraction is None:
+        return None, False
+    pred = normalize_extracted_answer(item, extraction, integer_rule)
+    return pred, is_correct(item, pred)
+
+
+def _cell(correct: int, total: int, padded: bool) -> dict:
+    acc = correct / total * 100
+    # stored score files: average unpadded ("34.8"), breakdown cells always two decimals ("48.70")
+    return {"accuracy": f"{acc:.2f}" if padded else str(round(acc, 2)), "correct": correct, "total": total}
+
+
+def aggregate(rows: Iterable[tuple[dict, bool]]) -> dict:
+    """Official score-file layout from (item with metadata, true_false) pairs."""
+    rows = list(rows)
+    total = len(rows)
+    correct = sum(1 for _, tf in rows if tf)
+    scores: dict = {"average": _cell(correct, total, padded=False) if total else
+                    {"accuracy": "0.0", "correct": 0, "total": 0}}
+    for key in BREAKDOWN_KEYS:
+        counts: dict[str, list[int]] = {}
+        for item, tf in rows:
+            value = item[key] if key in ("question_type", "answer_type") else (item.get("metadata") or {}).get(key)
+            for v in (value if key == "skills" else [value]) or []:
+                c = counts.setdefault(v, [0, 0])
+                c[0] += 1 if tf else 0
+                c[1] += 1
+        cells = {v: _cell(c, n, padded=True) for v, (c, n) in counts.items()}
+        # official: sorted by accuracy, descending (stable: first appearance breaks ties)
+        scores[key] = dict(sorted(cells.items(), key=lambda kv: -kv[1]["correct"] / kv[1]["total"]))
+    return scores

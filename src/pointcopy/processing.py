@@ -35,6 +35,10 @@ class PointCopyProcessor:
     # ---- persistence ---------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | Path, copy_token_start: int | None = None, **kwargs) -> "PointCopyProcessor":
+        local = Path(path)
+        if local.is_dir() and not any((local / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+            raise ValueError(f"{path}: no tokenizer files (tokenizer.json / tokenizer_config.json); a processor needs "
+                             f"the checkpoint's tokenizer and preprocessor_config.json")
         tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
         image_processor = Qwen2VLImageProcessorPil.from_pretrained(str(path), **kwargs)
         if copy_token_start is None:

@@ -1,0 +1,65 @@
+"""Batched grounded generation: (images, question) pairs -> decoded traces with pointer slots located.
+
+    questions + images --PointCopyProcessor--> tensors --model.generate--> ids --decode--> `<|copy_k|>` text
+    pointer slot k --> (image index, row, col) of the merged-patch grid it copies
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+# official inference prompt suffix (inference.py / run_gradio.py of the v1 release)
+OFFICIAL_SUFFIX = "\nPlease answer the question using a long-chain reasoning style and think step by step."
+
+
+@dataclass
+class PointedCell:
+    slot: int  # k in <|copy_k|>
+    image: int  # which image of the sample
+    row: int
+    col: int
+
+
+@dataclass
+class Generation:
+    text: str  # decoded, pointers as <|copy_k|>
+    ids: list[int]
+    cells: list[PointedCell] = field(default_factory=list)
+
+
+def slot_table(image_grid_thw: torch.Tensor, merge_size: int = 2) -> list[tuple[int, int, int]]:
+    """Slot k -> (image index, row, col) for one sample's images, in slot order (raster within each image)."""
+    table = []
+    for i, (t, h, w) in enumerate(image_grid_thw.tolist()):
+        gh, gw = h // merge_size, w // merge_size
+        table += [(i, r, c) for _ in range(t) for r in range(gh) for c in range(gw)]
+    return table
+
+
+@torch.no_grad()
+def generate(model, processor, questions: list[str], images: list[list], max_new_tokens: int = 256,
+             suffix: str = "", **generate_kwargs) -> list[Generation]:
+    """One chat turn per question, with that sample's images first (as in the official demo)."""
+    if len(questions) != len(images):
+        raise ValueError(f"{len(questions)} questions but {len(images)} image lists")
+    texts = []
+    for q, imgs in zip(questions, images):
+        content = [{"type": "image"}] * len(imgs) + [{"type": "text", "text": q + suffix}]
+        texts.append(processor.apply_chat_template([{"role": "user", "content": content}]))
+    flat = [im.convert("RGB") for imgs in images for im in imgs]
+    batch = processor(texts, flat)
+    generate_kwargs.setdefault("do_sample", False)
+    out = model.generate(**batch, max_new_tokens=max_new_tokens, **generate_kwargs)
+    new = out[:, batch["input_ids"].shape[1]:]
+    results, image = [], 0
+    grid = batch.get("image_grid_thw")
+    for b, imgs in enumerate(images):
+        table = slot_table(grid[image:image + len(imgs)], processor.merge_size) if imgs else []
+        image += len(imgs)
+        ids = [int(i) for i in new[b] if int(i) != processor.tokenizer.pad_token_id]
+        cells = [PointedCell(i - processor.copy_token_start, *table[i - processor.copy_token_start])
+                 for i in ids if i >= processor.copy_token_start]
+        results.append(Generation(processor.decode(ids), ids, cells))
+    return results

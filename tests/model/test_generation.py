@@ -176,3 +176,17 @@ def test_pointing_disabled_never_points(processor):
     model.config.pointing_enabled = True
     out = model.generate(**batch, do_sample=False, max_new_tokens=8)
     assert (out[0, batch["input_ids"].shape[1]:] >= model.config.copy_token_start).all()
+
+
+def test_absorbed_query_path_equals_training_path(processor):
+    """Decoding folds Lq into the keys; the numbers must match the plain q·k path used in training."""
+    from pointcopy.presets import tiny_model
+
+    model = tiny_model(seed=2, normalize_copy_states=True)
+    with torch.no_grad():
+        model.pointer.q_proj.bias.normal_()
+    batch = processor([chat(processor, "q"), chat(processor, "longer q")], [scene(84, 56, 1), scene(56, 84, 2)])
+    with torch.no_grad():
+        fast = model(**batch).logits
+    slow = model(**batch).logits.detach()
+    assert (fast - slow).abs().max().item() < 1e-5

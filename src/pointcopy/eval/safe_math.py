@@ -177,7 +177,7 @@ class _Parser:
         if kind == "open":
             return True
         if kind == "cmd":
-            return text not in _MUL_CMDS and text not in ("div", "pm", "mp")
+            return text not in _MUL_CMDS and text not in ("div", "pm", "mp", "rfloor", "rceil")
         return False
 
     def term(self):
@@ -362,6 +362,10 @@ _PY_FUNCS = {sympy.sin: math.sin, sympy.cos: math.cos, sympy.tan: math.tan, symp
              sympy.tanh: math.tanh, sympy.exp: math.exp, sympy.floor: math.floor}
 
 
+_STRICT_FUNCS = {sympy.cot: lambda x: 1 / math.tan(x), sympy.sec: lambda x: 1 / math.cos(x),
+                 sympy.csc: lambda x: 1 / math.sin(x)}
+
+
 def python_value(expr) -> int | float:
     """Value of `expr` as Python `eval(str(expr))` with `from math import *` would give it, or NotANumber."""
     v = _pv(expr)
@@ -370,7 +374,7 @@ def python_value(expr) -> int | float:
     return v
 
 
-def _pv(e):
+def _pv(e, strict: bool = False):
     if isinstance(e, sympy.Integer):
         return int(e)
     if isinstance(e, sympy.Rational):
@@ -382,7 +386,7 @@ def _pv(e):
     if isinstance(e, sympy.Add):
         total = 0
         for a in e.args:
-            total = total + _pv(a)
+            total = total + _pv(a, strict)
         return total
     if isinstance(e, sympy.Mul):
         prod = 1
@@ -390,12 +394,12 @@ def _pv(e):
             if isinstance(a, sympy.Pow) and a.exp == -1:
                 prod = _div(prod, _pv(a.base))
             else:
-                prod = prod * _pv(a)
+                prod = prod * _pv(a, strict)
         return prod
     if isinstance(e, sympy.Pow):
         if e.base is sympy.E:  # printed as exp(x)
-            return _call(math.exp, _pv(e.exp))
-        b, x = _pv(e.base), _pv(e.exp)
+            return _call(math.exp, _pv(e.exp, strict))
+        b, x = _pv(e.base, strict), _pv(e.exp, strict)
         if isinstance(b, int) and isinstance(x, int) and abs(b) > 1 and (
                 x > _MAX_INT_EXPONENT or b.bit_length() * x > _MAX_RESULT_BITS):
             raise NotANumber("integer power too large")
@@ -405,19 +409,28 @@ def _pv(e):
             return _call(math.sqrt, b)
         return _powv(b, x)
     if isinstance(e, sympy.factorial):
-        n = _pv(e.args[0])
+        n = _pv(e.args[0], strict)
         if not isinstance(n, int) or n < 0 or n > _MAX_FACTORIAL:
             raise NotANumber("factorial argument")
         return math.factorial(n)
     if isinstance(e, sympy.log):
         if len(e.args) == 2:  # printed log(x, b)
-            return _call(math.log, _pv(e.args[0]), _pv(e.args[1]))
-        return _call(math.log, _pv(e.args[0]))
+            return _call(math.log, _pv(e.args[0], strict), _pv(e.args[1], strict))
+        return _call(math.log, _pv(e.args[0], strict))
+    func = getattr(e, "func", None)
+    if strict:  # names the official `eval` lacks, but which are plain numbers mathematically
+        if e is sympy.E:
+            return math.e
+        if isinstance(e, sympy.Abs):
+            return abs(_pv(e.args[0], strict))
+        if isinstance(e, sympy.ceiling):
+            return _call(math.ceil, _pv(e.args[0], strict))
+        if func in _STRICT_FUNCS:
+            return _call(_STRICT_FUNCS[func], _pv(e.args[0], strict))
     if isinstance(e, sympy.binomial):
         raise NotANumber("binomial")
-    func = getattr(e, "func", None)
     if func in _PY_FUNCS and len(e.args) == 1:
-        return _call(_PY_FUNCS[func], _pv(e.args[0]))
+        return _call(_PY_FUNCS[func], _pv(e.args[0], strict))
     # E alone, I, oo, zoo, nan, Abs, ceiling, cot/sec/csc, free symbols, relations, lists: names unknown to
     # Python's math module, or non-numbers
     raise NotANumber(f"no Python value for {type(e).__name__}")
@@ -473,12 +486,30 @@ def official_value_unguarded(s: str, backend: str = "native") -> int | float | N
         return None
 
 
+def strict_value_unguarded(s: str) -> float | None:
+    """Mathematical value for the strict profile: like the official value, but `e`, `|x|`, `\\lceil`, `\\cot`...
+    are numbers too. Floats only (strict compares with a tolerance)."""
+    try:
+        v = _pv(parse_latex(s), strict=True)
+    except (MathParseError, NotANumber, RecursionError, TypeError, ValueError, OverflowError):
+        return None
+    if isinstance(v, complex) or not isinstance(v, (int, float)):
+        return None
+    try:
+        return float(v)
+    except OverflowError:
+        return None
+
+
 # ----------------------------------------------------------------------------------------------- worker + timeout
 def _worker_main() -> None:
     """Worker loop: one JSON request per stdin line -> one JSON value per stdout line."""
     for line in sys.stdin:
         req = json.loads(line)
-        v = official_value_unguarded(req["s"], req["backend"])
+        if req.get("op") == "strict":
+            v = strict_value_unguarded(req["s"])
+        else:
+            v = official_value_unguarded(req["s"], req["backend"])
         sys.stdout.write(json.dumps(v) + "\n")
         sys.stdout.flush()
 
@@ -545,10 +576,17 @@ class Evaluator:
         self._cache[s] = v
         return v
 
-    def _ask(self, s: str):
+    def strict_value(self, s: str) -> float | None:
+        """`strict_value_unguarded` under the same worker, time limit and (separate) cache."""
+        key = "\x00strict\x00" + s
+        if key not in self._cache:
+            self._cache[key] = None if len(s) > MAX_INPUT_CHARS else self._ask(s, op="strict")
+        return self._cache[key]
+
+    def _ask(self, s: str, op: str = "official"):
         if self._proc is None or self._proc.poll() is not None:
             self._start()
-        self._proc.stdin.write(json.dumps({"s": s, "backend": self.backend}) + "\n")
+        self._proc.stdin.write(json.dumps({"s": s, "backend": self.backend, "op": op}) + "\n")
         self._proc.stdin.flush()
         ready, _, _ = select.select([self._proc.stdout], [], [], self.timeout_s)
         if ready:

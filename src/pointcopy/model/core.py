@@ -163,7 +163,13 @@ class PointCopyMixin:
         gen = self._vocab_logits(hidden)[..., : cfg.copy_token_start]
         if not cfg.do_copy:
             return gen
-        ptr = self.pointer.scores(hidden, memory.keys.to(hidden.dtype), memory.mask).to(gen.dtype)
+        if torch.is_grad_enabled() or self.training:
+            ptr = self.pointer.scores(hidden, memory.keys.to(hidden.dtype), memory.mask)
+        else:  # decoding: fold Lq into the keys once per prefill, then one (K x D) product per step
+            if memory.absorbed is None:
+                memory.absorbed = self.pointer.absorb_query(memory.keys.to(hidden.dtype))
+            ptr = self.pointer.scores(hidden, None, memory.mask, absorbed=memory.absorbed)
+        ptr = ptr.to(gen.dtype)
         gate = self.pointer.gate_values(hidden)
         if gate is not None:
             gen, ptr = gen * (1 - gate), ptr * gate

@@ -52,11 +52,25 @@ class PointerHeads(nn.Module):
         """(B, K, D) states at image-token positions -> (B, K, Dh)."""
         return self._project(self.shared_proj if self.tied else self.k_proj, states)
 
-    def scores(self, hidden: torch.Tensor, keys: torch.Tensor, slot_mask: torch.Tensor) -> torch.Tensor:
-        """Pointer logits (B, L, K); slots where `slot_mask` (B, K) is False get the dtype minimum."""
-        q = self.queries(hidden)
-        logits = torch.matmul(q, keys.transpose(1, 2)) * self.scale
+    def scores(self, hidden: torch.Tensor, keys: torch.Tensor, slot_mask: torch.Tensor,
+               absorbed: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Pointer logits (B, L, K); slots where `slot_mask` (B, K) is False get the dtype minimum.
+
+        With `absorbed` (from `absorb_query`), the query projection is folded into the keys, which saves a D x D
+        matmul per decoding step when K < D (same numbers up to float rounding).
+        """
+        if absorbed is not None:
+            weight, bias = absorbed
+            states = F.normalize(hidden, dim=-1) if self.normalize else hidden
+            logits = (torch.matmul(states, weight.transpose(1, 2)) + bias[:, None, :]) * self.scale
+        else:
+            logits = torch.matmul(self.queries(hidden), keys.transpose(1, 2)) * self.scale
         return logits.masked_fill(~slot_mask[:, None, :], torch.finfo(logits.dtype).min)
+
+    def absorb_query(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fold Lq into the keys: q·k = h·(Wqᵀk) + bq·k  ->  ((B, K, D) Wqᵀk, (B, K) bq·k)."""
+        proj = self.shared_proj if self.tied else self.q_proj
+        return torch.matmul(keys, proj.weight), torch.matmul(keys, proj.bias)
 
     def gate_values(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """(B, L, 1) copy share g in (0, 1), or None without a gate."""

@@ -26,6 +26,8 @@ class CopyMemory:
     values: torch.Tensor
     mask: torch.Tensor
     positions: torch.Tensor
+    # inference only: keys with the query projection folded in (PointerHeads.absorb_query), built lazily
+    absorbed: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def num_slots(self) -> torch.Tensor:
@@ -35,7 +37,8 @@ class CopyMemory:
     def select(self, index: torch.Tensor) -> "CopyMemory":
         """Rows `index` (beam reordering / batch selection), in that order."""
         index = index.to(self.keys.device)
-        return CopyMemory(self.keys[index], self.values[index], self.mask[index], self.positions[:, index])
+        absorbed = None if self.absorbed is None else tuple(t[index] for t in self.absorbed)
+        return CopyMemory(self.keys[index], self.values[index], self.mask[index], self.positions[:, index], absorbed)
 
     def repeat_interleave(self, repeats: int) -> "CopyMemory":
         return CopyMemory(
@@ -43,6 +46,7 @@ class CopyMemory:
             self.values.repeat_interleave(repeats, 0),
             self.mask.repeat_interleave(repeats, 0),
             self.positions.repeat_interleave(repeats, 1),
+            None if self.absorbed is None else tuple(t.repeat_interleave(repeats, 0) for t in self.absorbed),
         )
 
     def gather_values(self, slots: torch.Tensor) -> torch.Tensor:

@@ -143,3 +143,66 @@ def aggregate(rows: Iterable[tuple[dict, bool]]) -> dict:
         # official: sorted by accuracy, descending (stable: first appearance breaks ties)
         scores[key] = dict(sorted(cells.items(), key=lambda kv: -kv[1]["correct"] / kv[1]["total"]))
     return scores
+
+
+# --------------------------------------------------------------------------------------------- optional LLM step
+LLM_EXTRACT_DEMOS = """Please read the following example. Then extract the answer from the model response and type it \
+at the end of the prompt.
+
+Hint: Please answer the question requiring an integer answer and provide the final value, e.g., 1, 2, 3, at the end.
+Question: Which number is missing?
+
+Model response: The number missing in the sequence is 14.
+
+Extracted answer: 14
+
+Hint: Please answer the question requiring a floating-point number with one decimal place and provide the final \
+value, e.g., 1.2, 1.3, 1.4, at the end.
+Question: What is the fraction of females facing the camera?
+
+Model response: The fraction of females facing the camera is 0.6, which means that six out of ten females in the \
+group are facing the camera.
+
+Extracted answer: 0.6
+
+Hint: Please answer the question requiring a floating-point number with two decimal places and provide the final \
+value, e.g., 1.23, 1.34, 1.45, at the end.
+Question: How much money does Luca need to buy a sour apple candy and a butterscotch candy? (Unit: $)
+
+Model response: Luca needs $1.45 to buy a sour apple candy and a butterscotch candy.
+
+Extracted answer: 1.45
+
+Hint: Please answer the question requiring a Python list as an answer and provide the final list, e.g., [1, 2, 3], \
+[1.2, 1.3, 1.4], at the end.
+Question: Between which two years does the line graph saw its maximum peak?
+
+Model response: The line graph saw its maximum peak between 2007 and 2008.
+
+Extracted answer: [2007, 2008]
+
+Hint: Please answer the question and provide the correct option letter, e.g., A, B, C, D, at the end.
+Question: What fraction of the shape is blue?
+Choices:
+(A) 3/11
+(B) 8/11
+(C) 6/11
+(D) 3/5
+
+Model response: The correct answer is (B) 8/11.
+
+Extracted answer: B"""
+
+
+def llm_extract_prompt(item: dict, response: str) -> str:
+    """Few-shot extraction prompt in the official shape: demos, then `{query}\\n\\n{response}\\n\\nExtracted
+    answer: ` (query = the item's official zero-shot query)."""
+    from pointcopy.eval.prompts import mathvista_query
+
+    query = item.get("query") or mathvista_query(item)
+    return f"{LLM_EXTRACT_DEMOS.strip()}\n\n{query}\n\n{response}\n\nExtracted answer: "
+
+
+def llm_extract(judge, item: dict, response: str) -> str:
+    """Official step 6 through an OpenAI-compatible judge (`judge.ask(prompt) -> str`); '' on an empty reply."""
+    return (judge.ask(llm_extract_prompt(item, response)) or "").strip()

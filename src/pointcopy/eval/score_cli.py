@@ -1,0 +1,230 @@
+"""`pointcopy score <benchmark> PREDICTIONS --data DIR --out OUTDIR`: score an existing predictions file.
+
+Accepted predictions files:
+  mathvision  JSON lines with `id` and `response` (our runs; official `outputs/**/<model>.jsonl` also carry
+              `model_answer`, from which scoring starts unless --re-extract);
+  mathvista   a JSON dict pid -> record (official `results/*/output_*.json`) or JSON lines with `pid` and
+              `response`; a stored `extraction` is used as is, otherwise the deterministic fast paths run, then
+              the LLM extractor if --llm-extract (else the item has no extraction and scores False);
+  mathverse   a JSON list (official submission layout: the sample plus `model_answer` = full response) or JSON
+              lines with `sample_index`/`pid` and `response`.
+Writes OUTDIR/items.jsonl (one line per item), OUTDIR/summary.json (official layout: MATH-V `_result.json`
+strings, MathVista `scores_*.json`; MathVerse per-version metrics), OUTDIR/summary_strict.json and report.md.
+Never imports torch or transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pointcopy.eval import data, mathverse, mathvision, mathvista, safe_math, strict
+from pointcopy.eval.report import breakdown_counts, write_report
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("benchmark", choices=data.BENCHMARKS)
+    p.add_argument("predictions", type=Path, help="predictions / official output file")
+    p.add_argument("--data", type=Path, required=True, help="benchmark data directory (e.g. shared/benchmarks/"
+                   "mathvision)")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--split", default=None, help="split (default: test for MATH-V, testmini otherwise; MathVerse: "
+                   "testmini | testmini_text_only | public_subset)")
+    p.add_argument("--integer-rule", choices=mathvista.INTEGER_RULES, default="current",
+                   help="MathVista integer normalisation: current int(float(x)) or legacy int(x)")
+    p.add_argument("--re-extract", action="store_true", help="ignore stored extractions and extract again")
+    p.add_argument("--quick-extract", action="store_true", help='MathVista: also try `The answer is "x".`')
+    p.add_argument("--llm-extract", action="store_true", help="MathVista: LLM extraction for items the fast "
+                   "paths cannot extract (uses POINTCOPY_JUDGE_* environment variables)")
+    p.add_argument("--mathverse-mode", choices=("deterministic", "judge"), default="deterministic",
+                   help="MathVerse: judge-free quick match (default) or the official two-stage LLM judge")
+    p.add_argument("--judge-cache", type=Path, default=None, help="judge cache directory (default OUTDIR/"
+                   "judge_cache)")
+    p.add_argument("--math-backend", choices=("native", "latex2sympy2"), default="native",
+                   help="MATH-V numeric parser: own safe parser (default) or latex2sympy2 (optional extra)")
+    p.add_argument("--timeout", type=float, default=safe_math.DEFAULT_TIMEOUT_S, help="per-item math time limit, s")
+
+
+# --------------------------------------------------------------------------------------------- reading
+def read_predictions(path: Path, key: str) -> list[dict]:
+    """Rows from a JSON dict (keyed by id), JSON list or JSON lines file; each row gets `_id`."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        obj = None  # not one JSON document: JSON lines
+    rows: list
+    if isinstance(obj, dict) and obj and all(isinstance(v, dict) for v in obj.values()):
+        rows = [dict(v, _id=str(k)) for k, v in obj.items()]
+    elif isinstance(obj, list):
+        rows = obj
+    elif isinstance(obj, dict):
+        rows = [obj]  # a one-line JSON lines file
+    else:
+        rows = data.read_jsonl(path)
+    out = []
+    for n, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise ValueError(f"{path}: row {n} is not an object")
+        rid = r.get("_id") or next((str(r[k]) for k in key.split("|") if k in r), None)
+        if rid is None:
+            raise ValueError(f"{path}: row {n} has no {key.replace('|', ' / ')} field")
+        out.append(dict(r, _id=rid))
+    return out
+
+
+def _judge(args):
+    from pointcopy.eval.judge import ChatJudge, JudgeConfig
+
+    return ChatJudge(JudgeConfig.from_env(), args.judge_cache or args.out / "judge_cache")
+
+
+# --------------------------------------------------------------------------------------------- per benchmark
+def score_mathvision(args, bench, preds, ev):
+    items, pairs, strict_pairs, errors = [], [], [], []
+    for r in preds:
+        rid = r["_id"]
+        try:
+            item = bench.items.get(rid)
+            if item is None:
+                raise ValueError(f"MATH-V item {rid!r}: id not in {bench.split}")
+            response = r.get("response")
+            if "model_answer" in r and not args.re_extract:
+                answer, source = r["model_answer"], "stored"
+            else:
+                if not isinstance(response, str):
+                    raise ValueError(f"MATH-V item {rid!r}: field 'response' missing or not a string")
+                answer, source = mathvision.extract_answer(response), "rules"
+            correct = mathvision.score_item(item, answer, ev)
+            s_ext, s_ok = strict.mathvision(item, response, ev) if isinstance(response, str) else (None, False)
+        except ValueError as exc:
+            errors.append({"id": rid, "error": str(exc)})
+            items.append({"id": rid, "error": str(exc), "correct": False, "strict_correct": False})
+            continue
+        pairs.append((item, correct))
+        strict_pairs.append((item, s_ok))
+        items.append({"id": rid, "model_answer": answer, "extraction_source": source, "correct": correct,
+                      "strict_extraction": s_ext, "strict_correct": s_ok})
+    summary = mathvision.aggregate(pairs)
+    strict_summary = mathvision.aggregate(strict_pairs)
+    groups = {"level": [(it["level"], c, s) for (it, c), (_, s) in zip(pairs, strict_pairs)],
+              "subject": [(it["subject"], c, s) for (it, c), (_, s) in zip(pairs, strict_pairs)]}
+    return items, summary, strict_summary, groups, errors
+
+
+def score_mathvista(args, bench, preds, ev):
+    judge = _judge(args) if args.llm_extract else None
+    items, pairs, strict_pairs, errors = [], [], [], []
+    for r in preds:
+        rid = r["_id"]
+        try:
+            base = bench.items.get(rid)
+            if base is None:
+                raise ValueError(f"MathVista item {rid!r}: pid not in {bench.split}")
+            # official output files carry the item (with the metadata the score files were computed from)
+            item = {**base, **{k: v for k, v in r.items() if not k.startswith("_")}}
+            response = r.get("response")
+            if "extraction" in r and not args.re_extract:
+                extraction, source = r["extraction"], "stored"
+            else:
+                extraction, source = mathvista.extract_answer(item, response, args.quick_extract), "rules"
+                if extraction is None and judge is not None:
+                    extraction, source = mathvista.llm_extract(judge, item, response), "llm"
+            pred, tf = mathvista.score_item(item, extraction, args.integer_rule)
+            s_ext, s_pred, s_ok = strict.mathvista(item, response, ev) if isinstance(response, str) else (
+                None, None, False)
+        except ValueError as exc:
+            errors.append({"id": rid, "error": str(exc)})
+            items.append({"id": rid, "error": str(exc), "correct": False, "strict_correct": False})
+            continue
+        pairs.append((item, tf))
+        strict_pairs.append((item, s_ok))
+        items.append({"id": rid, "extraction": extraction, "extraction_source": source if extraction is not None
+                      else "none", "prediction": pred, "correct": tf, "strict_extraction": s_ext,
+                      "strict_prediction": s_pred, "strict_correct": s_ok})
+    summary = mathvista.aggregate(pairs)
+    strict_summary = mathvista.aggregate(strict_pairs)
+    groups = {k: [((it.get("metadata") or {}).get(k), c, s) for (it, c), (_, s) in zip(pairs, strict_pairs)]
+              for k in ("task", "category")}
+    groups["question_type"] = [(it["question_type"], c, s) for (it, c), (_, s) in zip(pairs, strict_pairs)]
+    return items, summary, strict_summary, groups, errors
+
+
+def score_mathverse(args, bench, preds, ev):
+    judge = _judge(args) if args.mathverse_mode == "judge" else None
+    items, pairs, strict_pairs, errors = [], [], [], []
+    for r in preds:
+        rid = r["_id"]
+        try:
+            base = bench.items.get(rid)
+            if base is None:
+                raise ValueError(f"MathVerse sample {rid!r}: not in {bench.split}")
+            item = {**base, **{k: v for k, v in r.items() if not k.startswith("_")}}
+            response = r.get("response", r.get("model_answer"))
+            stored = r.get("extraction") if not args.re_extract else None
+            res = mathverse.score_item(item, response, args.mathverse_mode, judge, stored)
+            s_ext, s_ok = strict.mathverse(item, response, ev) if isinstance(response, str) else (None, False)
+        except ValueError as exc:
+            errors.append({"id": rid, "error": str(exc)})
+            items.append({"id": rid, "error": str(exc), "correct": False, "strict_correct": False})
+            continue
+        pairs.append((item, res["correct"]))
+        strict_pairs.append((item, s_ok))
+        items.append({"id": rid, "extraction": res["extraction"], "correct": res["correct"],
+                      "judge_failed": res["judge_failed"], "strict_extraction": s_ext, "strict_correct": s_ok})
+    summary = mathverse.aggregate(pairs)
+    if judge is not None:
+        summary["judge"] = {"model": judge.config.model, "base_url": judge.config.base_url,
+                            "http_calls": judge.calls, "cache_hits": judge.cache_hits}
+    strict_summary = mathverse.aggregate(strict_pairs)
+    groups = {"problem_version": [(it.get("problem_version") or (it.get("metadata") or {}).get("problem_version"),
+                                   c, s) for (it, c), (_, s) in zip(pairs, strict_pairs)]}
+    return items, summary, strict_summary, groups, errors
+
+
+_ID_KEYS = {"mathvision": "id", "mathvista": "pid", "mathverse": "sample_index|pid"}
+
+
+def run(args) -> int:
+    try:
+        bench = data.load(args.benchmark, args.data, args.split)
+        preds = read_predictions(args.predictions, _ID_KEYS[args.benchmark])
+    except (OSError, ValueError) as exc:
+        print(f"pointcopy score: {exc}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    scorer = {"mathvision": score_mathvision, "mathvista": score_mathvista, "mathverse": score_mathverse}
+    try:
+        with safe_math.Evaluator(args.timeout, args.math_backend) as ev:
+            items, summary, strict_summary, groups, errors = scorer[args.benchmark](args, bench, preds, ev)
+            timeouts = ev.timeouts
+    except Exception as exc:  # noqa: BLE001 - judge misconfiguration, missing optional backend: one clear line
+        if type(exc).__name__ in ("JudgeError", "ImportError", "ModuleNotFoundError"):
+            print(f"pointcopy score: {exc}", file=sys.stderr)
+            return 2
+        raise
+    data.write_jsonl(args.out / "items.jsonl", items)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=4, ensure_ascii=False) + "\n",
+                                           encoding="utf-8")
+    (args.out / "summary_strict.json").write_text(json.dumps(strict_summary, indent=4, ensure_ascii=False) + "\n",
+                                                  encoding="utf-8")
+    n_ok = sum(1 for it in items if it.get("correct"))
+    n_strict = sum(1 for it in items if it.get("strict_correct"))
+    profile = {"benchmark": args.benchmark, "split": bench.split, "items in predictions": len(preds),
+               "items in split": len(bench), "official-compatible scorer": {
+                   "mathvision": f"MATH-V evaluate.py rules, math backend {args.math_backend}",
+                   "mathvista": f"MathVista calculate_score.py rules, integer rule {args.integer_rule}",
+                   "mathverse": f"MathVerse two-stage, mode {args.mathverse_mode}"}[args.benchmark]}
+    notes = []
+    if len(preds) != len(bench):
+        notes.append(f"predictions cover {len(preds)} of {len(bench)} items; totals are over the predictions")
+    if timeouts:
+        notes.append(f"{timeouts} math evaluations hit the {args.timeout:g} s limit and counted as not equal")
+    write_report(args.out / "report.md", benchmark=args.benchmark, predictions=str(args.predictions),
+                 profile=profile, official_correct=n_ok, strict_correct=n_strict, total=len(items),
+                 breakdown={k: breakdown_counts(v) for k, v in groups.items()}, errors=errors, notes=notes)
+    print(f"{args.benchmark}: official-compatible {n_ok}/{len(items)}, strict {n_strict}/{len(items)}, "
+          f"{len(errors)} items not scored -> {args.out}")
+    return 0

@@ -92,3 +92,15 @@ def test_aggregate_format_edge_cases():
                                * (3040 - 295))
     assert res["-all"] == "295/3040=9.7%"  # Python float repr, unpadded
     assert set(res) == {"-all", "-level2", "s", "s_level2", "-level2_s"}
+
+
+@pytest.mark.parametrize("name", ["closed-source/Gemini/Gemini-Pro-CoT.jsonl", "closed-source/Qwen/Qwen-VL-Plus.jsonl"])
+def test_optional_latex2sympy2_backend_agrees(mathv_test, mathv_outputs, name):
+    """Optional extra `latex2sympy`: the same safe evaluation over latex2sympy2's parse gives the same flags."""
+    pytest.importorskip("latex2sympy2")
+    from pointcopy.eval import safe_math
+
+    with safe_math.Evaluator(backend="latex2sympy2") as ev:
+        diffs = {(name, r["id"]) for r in mathv_outputs[name]
+                 if mathvision.score_item(mathv_test.items[r["id"]], r["model_answer"], ev) != r["correct"]}
+    assert diffs == {k for k in CORRECT_EXCEPTIONS if k[0] == name}

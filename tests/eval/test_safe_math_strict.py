@@ -116,3 +116,17 @@ def test_strict_mathverse_multi_answer_and_units(evaluator):
     assert strict.mathverse({"question_type": "multi-choice", "answer": "(C)"}, "\\boxed{C}", evaluator)[1]
     assert strict.mathverse({"question_type": "free-form", "answer": "2191.7 metres"}, "\\boxed{2191.7}",
                             evaluator)[1]
+
+
+def test_unicode_digits_do_not_crash_the_worker(evaluator):
+    assert safe_math.strict_value_unguarded("2²") is None
+    assert evaluator.strict_value("٣") is None and evaluator.official_value("2²") is None
+    assert evaluator.timeouts == 0 and evaluator.official_value("\\frac{3}{4}") == 0.75
+
+
+def test_strict_direct_answer_and_option_text(evaluator):
+    item = {"id": "t", "options": ["$20 \\mathrm{~cm}$", "$21 \\mathrm{~cm}$", "3", "4", "5"], "answer": "B"}
+    # official compares the normalised extraction with the raw option text, so the exact option text fails there
+    assert not mathvision.score_item(item, mathvision.extract_answer("$21 \\mathrm{~cm}$"), evaluator)
+    assert strict.mathvision(item, "$21 \\mathrm{~cm}$", evaluator) == ("$21 \\mathrm{~cm}$", True)
+    assert strict.mathvision(item, "B", evaluator) == ("B", True)

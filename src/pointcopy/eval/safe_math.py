@@ -56,7 +56,8 @@ _REJECTED_CMDS = {"!", ";", ":", "$", "#", "&", "_"}
 _STOP_CMDS = {"choose", "end"}
 _STOP_WORDS = ("trace", "tr", "norm", "rank", "gcd", "lcm", "floor", "ceil", "eye", "diag", "rref")
 _MUL_CMDS = {"cdot", "times", "ast"}
-_NUMBER = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?|\.\d+|\d+")
+_NUMBER = re.compile(r"[0-9]+(?:,[0-9]{3})*(?:\.[0-9]+)?|\.[0-9]+|[0-9]+")
+_DIGITS = frozenset("0123456789")  # not str.isdigit(): '²' is a digit there but not a number here
 _CMD = re.compile(r"\\([a-zA-Z]+|.)")
 
 
@@ -72,11 +73,11 @@ def _tokenize(s: str) -> list[tuple[str, str]]:
             spaced = True
             continue
         was_spaced, spaced = spaced, False
-        if ch.isdigit() or (ch == "." and i + 1 < n and s[i + 1].isdigit()):
+        if ch in _DIGITS or (ch == "." and i + 1 < n and s[i + 1] in _DIGITS):
             m = _NUMBER.match(s, i)
             text = m.group(0)
             # "1,23" is a list in latex2sympy2; only comma groups of exactly three digits join into one number
-            if "," in text and i + len(text) < n and s[i + len(text)].isdigit():
+            if "," in text and i + len(text) < n and s[i + len(text)] in _DIGITS:
                 text = text.split(",")[0]
             toks.append(("num", text))
             i += len(text)
@@ -491,7 +492,7 @@ def strict_value_unguarded(s: str) -> float | None:
     are numbers too. Floats only (strict compares with a tolerance)."""
     try:
         v = _pv(parse_latex(s), strict=True)
-    except (MathParseError, NotANumber, RecursionError, TypeError, ValueError, OverflowError):
+    except Exception:  # noqa: BLE001 - any failure means "no value", never a crashed scorer
         return None
     if isinstance(v, complex) or not isinstance(v, (int, float)):
         return None

@@ -1,7 +1,8 @@
 r"""Deterministic "strict" profile: final-answer extraction + math equivalence, reported beside official scores.
 
 Extraction (same for every benchmark): the last brace-matched `\boxed{...}`; else the last `<answer>...</answer>`;
-else the text after the last "answer is"/"answer:" phrase (first line). No guessing: nothing found -> None.
+else the text after the last "answer is"/"answer:" phrase (first line); else the whole response if it is one short
+line (a direct answer such as "D" or "1577"). No guessing: nothing found -> None.
 
 This is where the known official MATH-V parser bugs (EVAL.md §2.7) are fixed, and only here:
   * boxed content is brace-matched (official: greedy regex, so `\boxed{3}. Wait, \boxed{5}` breaks);
@@ -24,6 +25,7 @@ _ANSWER_PHRASE = re.compile(r"(?:final answer|answer)\s*(?:is|:)\s*[:]?\s*(.+)",
 _TEXT_WRAP = re.compile(r"\\(?:text|textbf|mathrm|mbox|mathbf)\{([^{}]*)\}")
 _FRAC_SHORT = re.compile(r"\\[dt]?frac\s*(\d)\s*(\d)")
 _REL_TOL = 1e-6
+_BARE_MAX_CHARS = 32
 
 
 def last_boxed(text: str) -> str | None:
@@ -53,6 +55,9 @@ def extract_final(response: str) -> str | None:
     phrases = _ANSWER_PHRASE.findall(response)
     if phrases:
         return phrases[-1].split("\n")[0].strip().rstrip(".").strip()
+    bare = response.strip()
+    if bare and "\n" not in bare and len(bare) <= _BARE_MAX_CHARS:
+        return bare.rstrip(".").strip()  # a direct answer: the whole (short, one-line) response is the answer
     return None
 
 

@@ -130,3 +130,18 @@ def save_tiny(directory: str | Path, seed: int = 0, **config_kwargs) -> Path:
     tiny_model(seed, processor.tokenizer, **config_kwargs).save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory
+
+
+# name -> tiny_config keyword arguments. Presets build fresh (randomly initialised) models locally.
+PRESETS: dict[str, dict] = {
+    "tiny": dict(hidden_size=64, layers=2, heads=4, kv_heads=2, vision_hidden=32, vision_depth=2),
+}
+
+
+def build_preset(name: str, seed: int = 0, **overrides):
+    """(model, processor) for a preset; `overrides` are extra config fields (e.g. copy switches)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    processor = build_tiny_processor()
+    model = tiny_model(seed, processor.tokenizer, **{**PRESETS[name], **overrides})
+    return model, processor

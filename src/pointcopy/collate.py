@@ -1,0 +1,126 @@
+"""Training batches from grounded samples: images + question + trace + regions -> model tensors with labels.
+
+    V1GRecord / GroundedSample
+      -> images resized as the official trainer does (longer side <= max_side), boxes rescaled consistently
+      -> image processor -> pixel_values, image_grid_thw  (the merged grid of *this* image decides the cells)
+      -> every region key in the trace becomes <region>[box]<|copy_k|>...</region> (k offset by earlier images)
+      -> chat template: ids = prompt ids + assistant ids (tokenised separately, so the label boundary is exact)
+      -> labels: "assistant" (default) trains the assistant turn only; "official" trains everything but padding
+         and image tokens (the released trainer's policy)
+      -> right padding; mm_token_type_ids
+
+Box text is normalised by each sample's own image size (the official collator used the batch's last image).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+
+from . import geometry
+from .data.v1g import V1GRecord, expand_regions, training_view
+from .geometry import MergedGrid
+from .processing import IMAGE_PAD, PointCopyProcessor
+from .tokens import encode_with_pointers
+
+IGNORE_INDEX = -100
+LABEL_POLICIES = ("assistant", "official")
+
+
+@dataclass
+class GroundedSample:
+    """One conversation turn pair. `regions[i]` maps region keys to pixel boxes in `images[i]`."""
+
+    id: Any
+    images: list[Image.Image]
+    question: str
+    trace: str
+    regions: list[dict[str, Sequence[float]]] = field(default_factory=list)
+
+    @classmethod
+    def from_record(cls, record: V1GRecord, max_side: int | None = geometry.OFFICIAL_MAX_SIDE) -> "GroundedSample":
+        image = record.open_image().convert("RGB")
+        if tuple(image.size) != tuple(record.image_size):
+            raise ValueError(f"record {record.id!r}: field 'image_size' {list(record.image_size)} differs from the "
+                             f"image's size {list(image.size)}")
+        size, regions = training_view(record, max_side=max_side)
+        if tuple(size) != tuple(image.size):
+            image = image.resize(size, Image.BICUBIC)
+        return cls(record.id, [image], record.question, record.trace, [regions])
+
+
+class GroundedCollator:
+    def __init__(self, processor: PointCopyProcessor, *, label_policy: str = "assistant",
+                 region_key_mode: str = "replace", max_side: int | None = geometry.OFFICIAL_MAX_SIDE,
+                 max_length: int | None = None, system_prompt: str | None = None):
+        if label_policy not in LABEL_POLICIES:
+            raise ValueError(f"label_policy must be one of {LABEL_POLICIES}, got {label_policy!r}")
+        if region_key_mode not in ("replace", "keep"):
+            raise ValueError(f"region_key_mode must be 'replace' (official) or 'keep', got {region_key_mode!r}")
+        self.processor = processor
+        self.label_policy = label_policy
+        self.keep_key = region_key_mode == "keep"
+        self.max_side = max_side
+        self.max_length = max_length
+        self.system_prompt = system_prompt
+        tok = processor.tokenizer
+        self.non_trainable = {tok.pad_token_id, processor.image_token_id,
+                              tok.convert_tokens_to_ids("<|vision_start|>"), tok.convert_tokens_to_ids("<|vision_end|>")}
+
+    def __call__(self, samples: Sequence[V1GRecord | GroundedSample]) -> dict[str, torch.Tensor]:
+        samples = [s if isinstance(s, GroundedSample) else GroundedSample.from_record(s, self.max_side)
+                   for s in samples]
+        encoded = [self.encode(s) for s in samples]
+        ids, labels = [e[0] for e in encoded], [e[1] for e in encoded]
+        batch = self.processor.pad(ids, padding_side="right")
+        width = batch["input_ids"].shape[1]
+        batch["labels"] = torch.tensor([l + [IGNORE_INDEX] * (width - len(l)) for l in labels], dtype=torch.long)
+        pixel_values = [e[2] for e in encoded if e[2] is not None]
+        if pixel_values:
+            batch["pixel_values"] = torch.cat(pixel_values)
+            batch["image_grid_thw"] = torch.cat([e[3] for e in encoded if e[3] is not None])
+        return batch
+
+    def encode(self, sample: GroundedSample):
+        """-> (ids, labels, pixel_values | None, image_grid_thw | None) for one sample."""
+        proc = self.processor
+        if len(sample.regions) not in (0, len(sample.images)):
+            raise ValueError(f"sample {sample.id!r}: field 'regions' has {len(sample.regions)} entries for "
+                             f"{len(sample.images)} images")
+        pixel_values = grid_thw = None
+        trace, tokens_per_image = sample.trace, []
+        if sample.images:
+            vision = proc.image_processor(images=sample.images, return_tensors="pt")
+            pixel_values, grid_thw = vision["pixel_values"], vision["image_grid_thw"]
+            offset = 0
+            for i, (image, thw) in enumerate(zip(sample.images, grid_thw.tolist())):
+                grid = MergedGrid.from_thw(thw)
+                if sample.regions and sample.regions[i]:
+                    try:
+                        trace = expand_regions(trace, sample.regions[i], image.size, grid, offset=offset,
+                                               keep_key=self.keep_key)
+                    except ValueError as err:
+                        raise ValueError(f"sample {sample.id!r}: field 'regions' (image {i}): {err}") from err
+                tokens_per_image.append(grid.num_cells)
+                offset += grid.num_cells
+        content = [{"type": "image"}] * len(sample.images) + [{"type": "text", "text": sample.question}]
+        messages = [{"role": "user", "content": content}]
+        if self.system_prompt is not None:
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        prompt = proc.apply_chat_template(messages, add_generation_prompt=True)
+        pieces = prompt.split(IMAGE_PAD)
+        prompt = pieces[0] + "".join(IMAGE_PAD * n + p for n, p in zip(tokens_per_image, pieces[1:]))
+        prompt_ids = encode_with_pointers(proc.tokenizer, prompt, proc.copy_token_start)
+        answer_ids = encode_with_pointers(proc.tokenizer, trace + "<|im_end|>\n", proc.copy_token_start,
+                                          num_slots=sum(tokens_per_image))
+        ids = prompt_ids + answer_ids
+        if self.label_policy == "assistant":
+            labels = [IGNORE_INDEX] * len(prompt_ids) + answer_ids
+        else:
+            labels = [IGNORE_INDEX if i in self.non_trainable else i for i in ids]
+        if self.max_length is not None and len(ids) > self.max_length:
+            raise ValueError(f"sample {sample.id!r}: {len(ids)} tokens exceed max_length={self.max_length}")
+        return ids, labels, pixel_values, grid_thw

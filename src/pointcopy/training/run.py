@@ -1,0 +1,180 @@
+"""`train(options)`: train a point-and-copy model on v1g data with the Hugging Face Trainer.
+
+Works on one CPU/GPU, with LoRA (peft; pointer heads fully trainable and saved), and data-parallel under
+`accelerate launch` (the Trainer picks up the distributed environment; `ddp_backend="gloo"` on CPU).
+Resumes from the newest *complete* checkpoint in `output_dir` (one whose trainer_state.json, written last,
+exists), so a run killed mid-save resumes from the previous checkpoint instead of a half-written one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..collate import GroundedCollator
+
+
+@dataclass
+class TrainOptions:
+    model: str  # checkpoint dir / hub id, or a preset name (see presets.PRESETS)
+    train_data: list[str]
+    output_dir: str
+    eval_data: list[str] = field(default_factory=list)
+    max_steps: int = 100
+    num_train_epochs: float = 1.0  # used only when max_steps <= 0
+    batch_size: int = 4
+    grad_accum: int = 1
+    learning_rate: float = 3e-4
+    vision_lr_scale: float = 1.0
+    freeze_vision: bool = False
+    warmup_ratio: float = 0.03
+    lr_scheduler: str = "linear"
+    weight_decay: float = 0.0
+    adam_beta2: float = 0.95  # the paper's value (the official train.py leaves HF's 0.999)
+    max_grad_norm: float = 0.5
+    seed: int = 42
+    save_steps: int = 50
+    save_total_limit: int | None = 2
+    logging_steps: int = 10
+    eval_steps: int | None = None
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    merge_lora: bool = True
+    gradient_checkpointing: bool = False
+    bf16: str = "auto"  # auto | yes | no
+    label_policy: str = "assistant"
+    region_key_mode: str = "replace"
+    max_side: int | None = 672
+    max_length: int | None = None
+    threads: int | None = 1
+    resume: bool = True
+    weights_digest: bool = False
+    model_overrides: dict = field(default_factory=dict)
+    progress: bool = True
+
+
+def load_model_and_processor(spec: str, **overrides):
+    """A preset name builds a fresh tiny model + tokenizer locally; anything else loads a checkpoint."""
+    from ..presets import PRESETS, build_preset
+
+    if spec in PRESETS:
+        return build_preset(spec, **overrides)
+    from ..model import PointCopyForConditionalGeneration
+    from ..processing import PointCopyProcessor
+
+    model = PointCopyForConditionalGeneration.from_pretrained(spec, **overrides)
+    return model, PointCopyProcessor.from_pretrained(spec, copy_token_start=model.config.copy_token_start)
+
+
+def last_complete_checkpoint(output_dir: str | Path) -> str | None:
+    ckpts = [p for p in Path(output_dir).glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    ckpts.sort(key=lambda p: int(p.name.split("-")[-1]))
+    return str(ckpts[-1]) if ckpts else None
+
+
+def weights_digest(model) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().to(torch.float32).cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _apply_lora(model, options: TrainOptions):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=options.lora_r, lora_alpha=options.lora_alpha, lora_dropout=options.lora_dropout,
+                        target_modules=r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)",
+                        modules_to_save=["pointer"])
+    return get_peft_model(model, config)
+
+
+def train(options: TrainOptions) -> dict:
+    from transformers import TrainingArguments
+
+    from .dataset import V1GDataset
+    from .trainer import PointCopyTrainer
+
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    out = Path(options.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(options.seed)
+    model, processor = load_model_and_processor(options.model, **options.model_overrides)
+    if options.freeze_vision:
+        for p in model.model.visual.parameters():
+            p.requires_grad_(False)
+    if options.lora:
+        model = _apply_lora(model, options)
+    collator = GroundedCollator(processor, label_policy=options.label_policy,
+                                region_key_mode=options.region_key_mode, max_side=options.max_side,
+                                max_length=options.max_length)
+    train_set = V1GDataset(options.train_data, bad_log=out / "bad_records.jsonl")
+    eval_set = V1GDataset(options.eval_data) if options.eval_data else None
+    use_bf16 = options.bf16 == "yes" or (options.bf16 == "auto" and torch.cuda.is_available()
+                                         and torch.cuda.is_bf16_supported())
+    args = TrainingArguments(
+        output_dir=str(out), max_steps=options.max_steps, num_train_epochs=options.num_train_epochs,
+        per_device_train_batch_size=options.batch_size, per_device_eval_batch_size=options.batch_size,
+        gradient_accumulation_steps=options.grad_accum, learning_rate=options.learning_rate,
+        warmup_steps=options.warmup_ratio, lr_scheduler_type=options.lr_scheduler,
+        weight_decay=options.weight_decay, max_grad_norm=options.max_grad_norm, seed=options.seed,
+        data_seed=options.seed, save_strategy="steps", save_steps=options.save_steps,
+        save_total_limit=options.save_total_limit, logging_steps=options.logging_steps,
+        eval_strategy="steps" if eval_set is not None and options.eval_steps else "no",
+        eval_steps=options.eval_steps, bf16=use_bf16, gradient_checkpointing=options.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if options.gradient_checkpointing else None,
+        remove_unused_columns=False, report_to=[], dataloader_num_workers=0, disable_tqdm=not options.progress,
+        # gloo only when actually distributed (accelerate launch sets WORLD_SIZE); CPU has no NCCL
+        ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() else None,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = PointCopyTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+                               data_collator=collator, vision_lr_scale=options.vision_lr_scale,
+                               adam_beta2=options.adam_beta2)
+    crash_after = int(os.environ.get("POINTCOPY_CRASH_AFTER_STEP", "0"))
+    if crash_after:  # fault injection for resume tests: die like `kill -9` right after a checkpoint is written
+        trainer.add_callback(_CrashAfterSave(crash_after))
+    resume_from = last_complete_checkpoint(out) if options.resume else None
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    seconds = time.perf_counter() - t0
+    rank = int(os.environ.get("RANK", "0"))
+    final = trainer.model
+    if options.weights_digest:
+        (out / f"weights_digest_rank{rank}.txt").write_text(weights_digest(final) + "\n")
+    summary = {"global_step": trainer.state.global_step, "train_loss": result.training_loss,
+               "train_seconds_this_session": round(seconds, 2), "resumed_from": resume_from,
+               "bad_records": len(train_set.bad), "log_history": trainer.state.log_history,
+               "options": asdict(options)}
+    if trainer.is_world_process_zero():
+        final_dir = out / "final"
+        to_save = final.merge_and_unload() if options.lora and options.merge_lora else final
+        to_save.save_pretrained(final_dir)
+        processor.save_pretrained(final_dir)
+        (out / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary
+
+
+class _CrashAfterSave:
+    """TrainerCallback that hard-exits (no cleanup, like SIGKILL) once a checkpoint at step >= N is saved."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def __getattr__(self, name):  # every other callback event is a no-op
+        if name.startswith("on_"):
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            os._exit(137)

@@ -164,17 +164,13 @@ def train(options: TrainOptions) -> dict:
     return summary
 
 
-class _CrashAfterSave:
-    """TrainerCallback that hard-exits (no cleanup, like SIGKILL) once a checkpoint at step >= N is saved."""
+def _CrashAfterSave(step: int):
+    """A TrainerCallback that hard-exits (no cleanup, like SIGKILL) once a checkpoint at step >= `step` exists."""
+    from transformers import TrainerCallback
 
-    def __init__(self, step: int):
-        self.step = step
+    class CrashAfterSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step >= step:
+                os._exit(137)
 
-    def __getattr__(self, name):  # every other callback event is a no-op
-        if name.startswith("on_"):
-            return lambda *args, **kwargs: None
-        raise AttributeError(name)
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            os._exit(137)
+    return CrashAfterSave()

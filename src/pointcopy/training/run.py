@@ -130,8 +130,8 @@ def train(options: TrainOptions) -> dict:
         data_seed=options.seed, save_strategy="steps", save_steps=options.save_steps,
         save_total_limit=options.save_total_limit, logging_steps=options.logging_steps,
         eval_strategy="steps" if eval_set is not None and options.eval_steps else "no",
-        eval_steps=options.eval_steps, bf16=use_bf16, gradient_checkpointing=options.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if options.gradient_checkpointing else None,
+        eval_steps=options.eval_steps, bf16=use_bf16, activation_checkpointing=options.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if options.gradient_checkpointing else None,
         remove_unused_columns=False, report_to=[], dataloader_num_workers=0, disable_tqdm=not options.progress,
         # gloo only when actually distributed (accelerate launch sets WORLD_SIZE); CPU has no NCCL
         ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() else None,
@@ -147,7 +147,7 @@ def train(options: TrainOptions) -> dict:
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - t0
-    rank = int(os.environ.get("RANK", "0"))
+    rank = trainer.args.process_index
     final = trainer.model
     if options.weights_digest:
         (out / f"weights_digest_rank{rank}.txt").write_text(weights_digest(final) + "\n")

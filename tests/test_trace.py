@@ -127,12 +127,7 @@ def test_format_box_matches_normalize_bbox():
         ("x <|copy_3|>", "outside a region", 2),
         ("<region><region></region></region>", "unexpected text inside a region", 8),
         ("see <obj01>", "leading zero", 4),
-        (
-            'detect(query="a", objects=["<obj1>"])\ndetect(query="b", objects=["<obj2>", "<obj1>"])',
-            "duplicate object id <obj1> (already declared at offset 27)",
-            75,
-        ),
-        ('detect(query="a", objects=["<obj1>", "<obj1>"])', "duplicate object id <obj1>", 37),
+        ('detect(query="a", objects=["<obj1>", "<obj1>"])', "duplicate object id <obj1> (already listed at offset 27)", 37),
     ],
 )
 def test_malformed_traces_raise_with_offset(text, reason, offset):
@@ -300,3 +295,12 @@ def test_lenient_on_truncated_well_formed_traces(nodes, data):
     # every copy id found in the prefix was in the full trace's regions, in order
     full_ids = parse_lenient(text).copy_ids
     assert g.copy_ids == full_ids[: len(g.copy_ids)]
+
+
+def test_later_detect_may_relist_declared_objects():
+    """Re-detection under a new query (the shapes world's filter steps) is legal; objects keep their first query."""
+    text = ('detect(query="object", objects=["<obj1>"]) red cube\n'
+            'detect(query="red things", objects=["<obj1>", "<obj2>"])')
+    parsed = parse(text)
+    assert parsed.render() == text
+    assert [(o.obj_id, o.query) for o in parsed.objects] == [(1, "object"), (2, "red things")]

@@ -434,14 +434,18 @@ class _Parser:
             self.fail(i, "expected ',' or ']' in the objects list")
         i = self.ws(i + 1)
         end = self.expect(i, ")", "')' closing the detect call")
+        # An id listed twice in one call is malformed. A later call may list an object declared earlier: that is
+        # a re-detection under a new query (e.g. "red things" -> the <obj1>, <obj4> found while enumerating).
+        in_call: dict[int, int] = {}
         for estart, e in entries:
             if e.ref is None:
                 continue
-            prev = self.declared.get(e.ref.obj_id)
+            prev = in_call.get(e.ref.obj_id)
             if prev is not None:
-                self.note(estart, f"duplicate object id {e.ref.key} (already declared at offset {prev})")
+                self.note(estart, f"duplicate object id {e.ref.key} (already listed at offset {prev})")
             else:
-                self.declared[e.ref.obj_id] = estart
+                in_call[e.ref.obj_id] = estart
+                self.declared.setdefault(e.ref.obj_id, estart)
         node = Detect(query, tuple(e for _, e in entries), quoted=bool(quoted))
         if _render_detect(node, canonical=True) != text[pos:end]:
             object.__setattr__(node, "_source", text[pos:end])
@@ -470,7 +474,7 @@ def parse(text: str, *, num_image_tokens: int | None = None) -> "GroundedTrace":
         text: the trace.
         num_image_tokens: if given, copy ids must be ``< num_image_tokens``.
     Errors: unbalanced quotes / brackets, region without close, stray ``</region>`` or copy token, bad box,
-    copy id out of range, duplicate object id across ``detect`` entries, malformed ``detect`` call.
+    copy id out of range, an object id listed twice in one ``detect`` call, malformed ``detect`` call.
     """
     p = _Parser(text, strict=True, num_image_tokens=num_image_tokens)
     return GroundedTrace(p.parse(), [])

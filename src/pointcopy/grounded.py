@@ -29,6 +29,7 @@ class GroundedRegion:
     box: tuple[float, float, float, float] | None  # union of the copied cells, original-image pixels
     box_text: tuple[float, float, float, float] | None  # the normalised box the model wrote
     invalid_slots: tuple[int, ...] = ()  # slots beyond the sample's image tokens
+    cell_boxes: list[tuple[float, float, float, float]] = field(default_factory=list)  # per cell, original px
 
 
 @dataclass
@@ -72,11 +73,12 @@ class GroundedAnswer:
             cells = [c for _, c in located if c is not None]
             invalid = tuple(s for s, c in located if c is None)
             box = image = None
+            cell_boxes = [geometry.cells_to_box([r * grids[i].cols + c], grids[i], image_sizes[i]) for i, r, c in cells]
             if cells:
                 image = cells[0][0]
-                same = [offsets[image] + r * grids[image].cols + c for i, r, c in cells if i == image]
-                box = geometry.cells_to_box([s - offsets[image] for s in same], grids[image], image_sizes[image])
-            return GroundedRegion(obj_id, query, region.copy_ids, cells, image, box, region.box, invalid)
+                same = [r * grids[image].cols + c for i, r, c in cells if i == image]
+                box = geometry.cells_to_box(same, grids[image], image_sizes[image])
+            return GroundedRegion(obj_id, query, region.copy_ids, cells, image, box, region.box, invalid, cell_boxes)
 
         regions: list[GroundedRegion] = []
         nodes = parsed.nodes

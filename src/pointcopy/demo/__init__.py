@@ -1,0 +1,1 @@
+"""The embedded demo: render a grounded answer as an overlay PNG and a self-contained HTML page."""

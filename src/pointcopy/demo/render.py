@@ -1,0 +1,130 @@
+"""Render a `GroundedAnswer`: the image with each copied region outlined and labelled, and an HTML page with the
+trace (each region highlighted in its object's colour) and the answer.
+
+The HTML is self-contained (the overlay is embedded as a data URI), so it can be mailed or opened offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import re
+
+from PIL import Image, ImageDraw, ImageFont
+
+from ..grounded import GroundedAnswer
+from ..tokens import COPY_TOKEN_RE
+
+PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324", "#000075",
+           "#808000", "#469990", "#800000"]
+REGION_RE = re.compile(r"<region>(.*?)(</region>|$)", re.S)
+
+
+def colour_for(obj_id: int | None, index: int) -> str:
+    return PALETTE[((obj_id if obj_id is not None else index) - 1) % len(PALETTE)]
+
+
+def _rgb(hex_colour: str) -> tuple[int, int, int]:
+    return tuple(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
+
+
+def overlay(image: Image.Image, answer: GroundedAnswer, image_index: int = 0, scale: int = 4) -> Image.Image:
+    """Upscaled copy of `image` with every copied cell shaded and each object's box outlined and labelled."""
+    base = image.convert("RGB").resize((image.width * scale, image.height * scale), Image.NEAREST)
+    shade = Image.new("RGBA", base.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(shade)
+    font = ImageFont.load_default(size=max(11, 4 * scale))
+    objects = [r for r in answer.objects if r.image == image_index and r.box is not None]
+    sx = sy = scale
+    for n, region in enumerate(objects):
+        rgb = _rgb(colour_for(region.obj_id, n + 1))
+        for reg in (r for r in answer.regions if r.obj_id == region.obj_id and r.image == image_index):
+            for (i, _, _), (x0, y0, x1, y1) in zip(reg.cells, reg.cell_boxes):
+                if i == image_index:
+                    draw.rectangle([x0 * sx, y0 * sy, x1 * sx, y1 * sy], fill=rgb + (60,))
+        x0, y0, x1, y1 = region.box
+        draw.rectangle([x0 * sx, y0 * sy, x1 * sx - 1, y1 * sy - 1], outline=rgb + (255,), width=max(2, scale))
+        label = f"<obj{region.obj_id}>" if region.obj_id is not None else "region"
+        tw, th = draw.textlength(label, font=font), font.size + 4
+        ty = y0 * sy - th if y0 * sy >= th else y0 * sy  # above the box, or inside it at the top edge
+        draw.rectangle([x0 * sx, ty, x0 * sx + tw + 6, ty + th], fill=rgb + (230,))
+        draw.text((x0 * sx + 3, ty + 1), label, fill=(255, 255, 255, 255), font=font)
+    return Image.alpha_composite(base.convert("RGBA"), shade).convert("RGB")
+
+
+def trace_html(answer: GroundedAnswer) -> str:
+    """The trace as HTML: every region becomes a highlighted chip `[box] ⧉ n cells`, hover shows the cells."""
+    out, pos, n = [], 0, 0
+    text = answer.text
+    regions = iter(answer.regions)
+    for m in REGION_RE.finditer(text):
+        out.append(html.escape(text[pos:m.start()]))
+        region = next(regions, None)
+        n += 1
+        obj = region.obj_id if region is not None else None
+        colour = colour_for(obj, n)
+        body = m.group(1)
+        box = re.match(r"\s*(\[[^\]]*\])", body)
+        copies = COPY_TOKEN_RE.findall(body)
+        cells = ", ".join(f"({r},{c})" for _, r, c in region.cells) if region is not None else ""
+        label = f"{box.group(1) if box else ''} &#x29C9; {len(copies)} cell{'s' if len(copies) != 1 else ''}"
+        out.append(f'<span class="region" style="border-color:{colour};background:{colour}22" '
+                   f'title="copied cells (row,col): {html.escape(cells)}" data-obj="{obj}">{label}</span>')
+        pos = m.end()
+    out.append(html.escape(text[pos:]))
+    return "".join(out).replace("\n", "<br>\n")
+
+
+def png_data_uri(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def page(image_overlay: Image.Image, question: str, answer: GroundedAnswer, title: str = "pointcopy demo",
+         expected: str | None = None, model_note: str = "") -> str:
+    rows = []
+    for n, r in enumerate(answer.objects, start=1):
+        if r.box is None:
+            continue
+        colour = colour_for(r.obj_id, n)
+        box = ", ".join(f"{v:.0f}" for v in r.box)
+        rows.append(f'<tr><td><span class="swatch" style="background:{colour}"></span>'
+                    f'&lt;obj{r.obj_id}&gt;</td><td>{html.escape(r.query or "")}</td>'
+                    f"<td>{len(r.cells)}</td><td>[{box}]</td></tr>")
+    verdict = ""
+    if expected is not None:
+        ok = (answer.answer or "").strip().lower() == expected.strip().lower()
+        verdict = (f'<p class="verdict {"ok" if ok else "bad"}">expected: {html.escape(expected)} '
+                   f'({"correct" if ok else "wrong"})</p>')
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; }}
+main {{ display: flex; gap: 32px; align-items: flex-start; flex-wrap: wrap; }}
+img {{ border: 1px solid #ccc; image-rendering: pixelated; }}
+section {{ flex: 1 1 420px; min-width: 0; }}
+.trace {{ font-family: ui-monospace, monospace; font-size: 13px; line-height: 1.7; max-width: 720px; }}
+.region {{ border: 2px solid; border-radius: 4px; padding: 0 3px; white-space: nowrap; }}
+.answer {{ font-size: 22px; font-weight: 600; }}
+.swatch {{ display: inline-block; width: 12px; height: 12px; margin-right: 6px; vertical-align: middle; }}
+table {{ border-collapse: collapse; font-size: 13px; }} td, th {{ border-bottom: 1px solid #ddd; padding: 3px 8px; }}
+.verdict.ok {{ color: #1a7f37; }} .verdict.bad {{ color: #b42318; }}
+.note {{ color: #666; font-size: 12px; }}
+</style></head>
+<body>
+<h1>{html.escape(title)}</h1>
+<p><b>Question:</b> {html.escape(question)}</p>
+<main>
+<figure><img id="overlay" src="{png_data_uri(image_overlay)}" width="{image_overlay.width}"
+ height="{image_overlay.height}" alt="image with copied regions outlined">
+<figcaption class="note">shaded: copied 28&times;28 cells; outline: union box of an object's cells</figcaption></figure>
+<section>
+<p class="answer">Answer: {html.escape(answer.answer or "(none)")}</p>{verdict}
+<table><tr><th>object</th><th>query</th><th>cells</th><th>box (px)</th></tr>{"".join(rows)}</table>
+<h2>Trace</h2>
+<div class="trace">{trace_html(answer)}</div>
+<p class="note">{html.escape(model_note)}</p>
+</section></main></body></html>
+"""

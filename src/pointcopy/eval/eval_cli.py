@@ -1,0 +1,155 @@
+"""`pointcopy eval <benchmark> --model PATH_OR_ID --data DIR --out OUTDIR`: generate, then score.
+
+Generation (`eval.runner`) appends to OUTDIR/predictions.jsonl and resumes after any interruption; settings are
+recorded in OUTDIR/run.json and a rerun with different settings is refused. Scoring then runs over every line of
+predictions.jsonl with `pointcopy score`'s per-benchmark scorers and writes OUTDIR/items.jsonl, summary.json,
+summary_strict.json and report.md; items recorded with a generation error (missing or unreadable image) appear in
+items.jsonl and the report as not scored, like rows `pointcopy score` cannot score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+from pointcopy.eval import data, mathvista, runner, safe_math, score_cli
+from pointcopy.eval.report import breakdown_counts, write_report
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("benchmark", choices=data.BENCHMARKS)
+    p.add_argument("--model", required=True, help="checkpoint directory or hub id (pointcopy, official v1, or base "
+                   "Qwen2.5-VL, which is converted; a plain Qwen2.5-VL with --baseline-qwen)")
+    p.add_argument("--data", type=Path, required=True, help="benchmark data directory (e.g. shared/benchmarks/"
+                   "mathvision)")
+    p.add_argument("--out", type=Path, required=True, help="output directory (resumed if it holds this run)")
+    p.add_argument("--split", default=None, help="split (default: test for MATH-V, testmini otherwise; MathVerse: "
+                   "testmini | testmini_text_only | public_subset)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N items of the split")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=1024)
+    p.add_argument("--prompt", default=None, help="prompt mode: MATH-V cot (default) | direct; MathVista query "
+                   "(official zero-shot, default); MathVerse wo (default) | cot")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--baseline-qwen", action="store_true", help="run a plain transformers Qwen2.5-VL")
+    kind.add_argument("--no-pointing", action="store_true", help="load the pointcopy model with pointing disabled")
+    p.add_argument("--official-suffix", action="store_true", help="append the official v1 'long-chain reasoning' "
+                   "instruction to every prompt")
+    p.add_argument("--dtype", choices=runner.DTYPES, default="auto", help="model dtype (auto: the checkpoint's)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-score", action="store_true", help="generate only")
+    # scoring options (as in `pointcopy score`)
+    p.add_argument("--integer-rule", choices=mathvista.INTEGER_RULES, default="current")
+    p.add_argument("--mathverse-mode", choices=("deterministic", "judge"), default="deterministic")
+    p.add_argument("--math-backend", choices=("native", "latex2sympy2"), default="native")
+    p.add_argument("--timeout", type=float, default=safe_math.DEFAULT_TIMEOUT_S, help="per-item math time limit, s")
+
+
+def _settings(args, split: str, prompt: str, kind: str) -> dict:
+    """What determines the predictions: a resume must match all of it."""
+    from pointcopy.inference import OFFICIAL_SUFFIX
+
+    model = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
+    return {"benchmark": args.benchmark, "split": split, "model": model, "model_kind": kind, "prompt": prompt,
+            "suffix": OFFICIAL_SUFFIX if args.official_suffix else "", "max_new_tokens": args.max_new_tokens,
+            "dtype": args.dtype, "decoding": "greedy"}
+
+
+def _info(args, model, device: str) -> dict:
+    """Recorded for the reader, not compared on resume (batch size and device may change after an OOM)."""
+    import torch
+    import transformers
+
+    import pointcopy
+
+    return {"batch_size": args.batch_size, "device": device, "limit": args.limit, "data": str(args.data.resolve()),
+            "generation_config": model.generation_config.to_diff_dict(), "command": sys.argv,
+            "versions": {"pointcopy": getattr(pointcopy, "__version__", None), "torch": torch.__version__,
+                         "transformers": transformers.__version__, "python": platform.python_version()}}
+
+
+def score_run(args, bench: data.Benchmark, rows: list[dict]) -> tuple[int, int, int]:
+    """Score predictions rows with `pointcopy score`'s scorers; rows carrying a generation error are reported as
+    not scored. Returns (official correct, strict correct, items)."""
+    key = runner.ID_KEYS[args.benchmark]
+    generated = [dict(r, _id=str(r[key])) for r in rows if not r.get("error")]
+    failed = [r for r in rows if r.get("error")]
+    sargs = argparse.Namespace(re_extract=False, quick_extract=False, llm_extract=False, integer_rule=args.integer_rule,
+                               mathverse_mode=args.mathverse_mode, judge_cache=None, out=args.out,
+                               math_backend=args.math_backend, timeout=args.timeout)
+    scorer = {"mathvision": score_cli.score_mathvision, "mathvista": score_cli.score_mathvista,
+              "mathverse": score_cli.score_mathverse}[args.benchmark]
+    with safe_math.Evaluator(args.timeout, args.math_backend) as ev:
+        items, summary, strict_summary, groups, errors = scorer(sargs, bench, generated, ev)
+        timeouts = ev.timeouts
+    for r in failed:
+        rid = str(r[key])
+        items.append({"id": rid, "error": r["error"], "correct": False, "strict_correct": False})
+        errors.append({"id": rid, "error": r["error"]})
+    order = {k: n for n, k in enumerate(bench.items)}
+    items.sort(key=lambda it: order.get(it["id"], len(order)))
+    errors.sort(key=lambda e: order.get(e["id"], len(order)))
+    data.write_jsonl(args.out / "items.jsonl", items)
+    for name, obj in (("summary.json", summary), ("summary_strict.json", strict_summary)):
+        (args.out / name).write_text(json.dumps(obj, indent=4, ensure_ascii=False) + "\n", encoding="utf-8")
+    n_ok = sum(1 for it in items if it.get("correct"))
+    n_strict = sum(1 for it in items if it.get("strict_correct"))
+    settings = json.loads((args.out / runner.RUN_JSON).read_text(encoding="utf-8"))["settings"]
+    profile = {**settings, "items in predictions": len(rows), "items in split": len(bench),
+               "generation errors": len(failed)}
+    notes = []
+    if len(rows) != len(bench):
+        notes.append(f"predictions cover {len(rows)} of {len(bench)} items; totals are over the predictions")
+    if failed:
+        notes.append(f"{len(failed)} items were not generated (missing or unreadable image); they count as not "
+                     f"scored, and the official-format summary.json covers only the {len(generated)} generated items")
+    if timeouts:
+        notes.append(f"{timeouts} math evaluations hit the {args.timeout:g} s limit and counted as not equal")
+    write_report(args.out / "report.md", benchmark=args.benchmark, predictions=str(args.out / runner.PREDICTIONS),
+                 profile=profile, official_correct=n_ok, strict_correct=n_strict, total=len(items),
+                 breakdown={k: breakdown_counts(v) for k, v in groups.items()}, errors=errors, notes=notes)
+    return n_ok, n_strict, len(items)
+
+
+def run(args) -> int:
+    import torch
+
+    kind = "baseline-qwen" if args.baseline_qwen else "pointcopy-no-pointing" if args.no_pointing else "pointcopy"
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        bench = data.load(args.benchmark, args.data, args.split)
+        prompt = args.prompt or runner.PROMPT_MODES[args.benchmark][0]
+        if prompt not in runner.PROMPT_MODES[args.benchmark]:
+            raise ValueError(f"--prompt for {args.benchmark} must be one of {runner.PROMPT_MODES[args.benchmark]}, "
+                             f"got {prompt!r}")
+        if args.limit is not None and args.limit < 0:
+            raise ValueError(f"--limit must be >= 0, got {args.limit}")
+        if args.batch_size < 1 or args.max_new_tokens < 1:
+            raise ValueError("--batch-size and --max-new-tokens must be >= 1")
+        settings = _settings(args, bench.split, prompt, kind)
+        # refuse a mismatched directory before spending minutes loading a model
+        if (args.out / runner.RUN_JSON).is_file():
+            runner.check_run_json(args.out, settings, {})
+        model, processor = runner.load_model(args.model, kind, args.dtype, device)
+        resuming = runner.check_run_json(args.out, settings, _info(args, model, device))
+    except (OSError, ValueError) as exc:
+        print(f"pointcopy eval: {exc}", file=sys.stderr)
+        return 2
+    item_ids = list(bench.items)[: args.limit]
+    items = {k: bench.items[k] for k in item_ids}
+    stats = runner.run_generation(model, processor, args.benchmark, items, args.out, prompt_mode=prompt,
+                                  suffix=settings["suffix"], batch_size=args.batch_size,
+                                  max_new_tokens=args.max_new_tokens, progress=not args.no_progress)
+    print(f"generated {stats.generated} items in {stats.seconds:.1f} s ({stats.items_per_second:.2f} items/s), "
+          f"{stats.errors} recorded with errors, {stats.skipped} already done" + (" (resumed)" if resuming else ""),
+          file=sys.stderr)
+    if args.no_score:
+        return 0
+    rows = list(runner.PredictionLog(args.out / runner.PREDICTIONS, runner.ID_KEYS[args.benchmark]).load().values())
+    n_ok, n_strict, n = score_run(args, bench, rows)
+    print(f"{args.benchmark}: official-compatible {n_ok}/{n}, strict {n_strict}/{n} -> {args.out}")
+    return 0

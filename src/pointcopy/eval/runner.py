@@ -1,0 +1,292 @@
+"""Benchmark generation runner: items -> prompts + images -> batched greedy generation -> `predictions.jsonl`.
+
+    OUTDIR/run.json           settings that determine the predictions (compared on resume) + informational fields
+    OUTDIR/predictions.jsonl  one line per item, appended, flushed and fsync'd after every batch
+
+Crash safety: a batch's lines go out in one write, then flush + fsync. After `kill -9` the file holds whole lines
+plus at most one torn tail line; `PredictionLog.load` drops that tail (and truncates the file to the last good
+newline, so the next append starts a fresh line), and the run continues with the ids not yet present. Items are
+processed in benchmark order, so a resumed run forms the same batches as an uninterrupted one whenever it was
+killed between batches (the only place a kill leaves whole lines behind in practice).
+
+Items whose image is missing or unreadable get a line with `error` and `response: null` and are not generated;
+they count as done (a resume does not retry them).
+
+Row layout: the benchmark's own id key (`id` MATH-V, `pid` MathVista, `sample_index` MathVerse, what
+`pointcopy score` reads), `prompt` (question text sent, suffix included), `response` (pointers as `<|copy_k|>`,
+trailing end-of-turn token removed), `finished` (stopped at end-of-turn rather than the token limit), `n_tokens`,
+`n_copies`, `copied_cells` ([image, row, col] per pointer), `batch_seconds` (wall time of the item's batch) and
+`batch_size` (items generated in it).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pointcopy.eval import prompts
+
+ID_KEYS = {"mathvision": "id", "mathvista": "pid", "mathverse": "sample_index"}
+# prompt modes per benchmark; the first is the default
+PROMPT_MODES = {"mathvision": ("cot", "direct"), "mathvista": ("query",), "mathverse": ("wo", "cot")}
+MODEL_KINDS = ("pointcopy", "pointcopy-no-pointing", "baseline-qwen")
+PREDICTIONS = "predictions.jsonl"
+RUN_JSON = "run.json"
+
+
+class RunMismatch(ValueError):
+    """OUTDIR holds a run made with different settings (resuming into it would mix two runs)."""
+
+
+# --------------------------------------------------------------------------------------------- prompts, images
+def build_prompt(benchmark: str, item: dict, mode: str) -> str:
+    if mode not in PROMPT_MODES[benchmark]:
+        raise ValueError(f"{benchmark}: prompt mode must be one of {PROMPT_MODES[benchmark]}, got {mode!r}")
+    if benchmark == "mathvision":
+        return prompts.mathvision_query(item, mode)
+    if benchmark == "mathvista":
+        return prompts.mathvista_query(item)
+    return prompts.mathverse_query(item, mode)
+
+
+def load_images(item: dict, item_id: str) -> list:
+    """The item's images as RGB PIL images ([] for a text-only item); ValueError naming id and field otherwise."""
+    from PIL import Image
+
+    if item.get("image_bytes"):
+        source, what = io.BytesIO(item["image_bytes"]), "field 'image_bytes'"
+    elif item.get("image_path"):
+        source, what = item["image_path"], f"field 'image' ({item['image_path']})"
+        if item.get("image_missing") or not os.path.isfile(source):
+            raise ValueError(f"item {item_id!r}: image missing: {what} is not on disk")
+    elif item.get("image"):
+        raise ValueError(f"item {item_id!r}: image missing: field 'image' ({item['image']!r}) was not resolved")
+    else:
+        return []
+    try:
+        with Image.open(source) as im:
+            return [im.convert("RGB")]  # convert() loads the pixels: a truncated file fails here, not in the batch
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"item {item_id!r}: image unreadable: {what}: {type(exc).__name__}: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------------- run.json
+def check_run_json(out_dir: Path, settings: dict, info: dict) -> bool:
+    """Write run.json for a new run, or verify an existing one; True when resuming. Raises RunMismatch."""
+    path = out_dir / RUN_JSON
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))["settings"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RunMismatch(f"{path}: unreadable run.json ({exc}); use a new --out directory") from None
+        diffs = [f"{k}: run.json has {old.get(k)!r}, this run has {settings.get(k)!r}"
+                 for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
+        if diffs:
+            raise RunMismatch(f"{out_dir} holds a run with different settings; refusing to resume into it "
+                              f"(use a new --out directory or the same settings):\n  " + "\n  ".join(diffs))
+        return True
+    if (out_dir / PREDICTIONS).exists():
+        raise RunMismatch(f"{out_dir / PREDICTIONS} exists but {path} does not: cannot tell which settings made it")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"settings": settings, "info": info}, indent=2, ensure_ascii=False) + "\n",
+                   encoding="utf-8")
+    os.replace(tmp, path)  # atomic: a kill never leaves a half-written run.json
+    return False
+
+
+# --------------------------------------------------------------------------------------------- predictions log
+class PredictionLog:
+    """Append-only JSON lines file, crash safe (see module docstring)."""
+
+    def __init__(self, path: Path, id_key: str):
+        self.path, self.id_key = Path(path), id_key
+
+    def load(self) -> dict[str, dict]:
+        """id -> row of the complete lines; drops (and truncates away) a torn last line. Raises ValueError on a
+        malformed line that is not the last, or a duplicated id (the file was edited or written by two runs)."""
+        if not self.path.exists():
+            return {}
+        raw = self.path.read_bytes()
+        rows: dict[str, dict] = {}
+        pos = good_end = 0  # good_end: byte offset just past the last good line
+        n = 0
+        while pos < len(raw):
+            n += 1
+            nl = raw.find(b"\n", pos)
+            end = len(raw) if nl == -1 else nl + 1
+            line, is_last = raw[pos:end], not raw[end:].strip()
+            if line.strip():
+                try:
+                    if nl == -1:
+                        raise ValueError("no final newline")  # a write cut short, even if the JSON parses
+                    row = json.loads(line)
+                    if not isinstance(row, dict) or self.id_key not in row:
+                        raise ValueError(f"no {self.id_key!r} field")
+                except ValueError as exc:
+                    if is_last:
+                        print(f"pointcopy eval: {self.path}:{n}: dropping torn last line ({exc})", file=sys.stderr)
+                        break
+                    raise ValueError(f"{self.path}:{n}: malformed line ({exc}); not a torn tail, refusing to "
+                                     f"guess") from None
+                rid = str(row[self.id_key])
+                if rid in rows:
+                    raise ValueError(f"{self.path}:{n}: {self.id_key} {rid!r} appears twice")
+                rows[rid] = row
+            pos = good_end = end
+        if good_end < len(raw):
+            with open(self.path, "r+b") as f:
+                f.truncate(good_end)
+                f.flush()
+                os.fsync(f.fileno())
+        return rows
+
+    def append(self, rows: list[dict]) -> None:
+        """One write per batch, then flush + fsync: after a kill the file ends at a batch boundary or mid-line."""
+        if not rows:
+            return
+        blob = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+        with open(self.path, "ab") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+# --------------------------------------------------------------------------------------------- models
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def load_model(path: str, kind: str, dtype: str = "auto", device: str = "cpu"):
+    """(model, processor) for a model kind; the processor's pointer range matches the model."""
+    import torch
+
+    from pointcopy.processing import PointCopyProcessor
+
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"model kind must be one of {MODEL_KINDS}, got {kind!r}")
+    kwargs: dict[str, Any] = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype)}
+    if kind == "baseline-qwen":
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, **kwargs)
+        # A plain Qwen has no pointers: put the pointer range past its vocabulary, so an id beyond the tokenizer
+        # (Qwen pads its embedding matrix) decodes as text instead of being read as <|copy_k|>.
+        copy_start = model.get_output_embeddings().weight.shape[0]
+    else:
+        from pointcopy import PointCopyForConditionalGeneration
+
+        if kind == "pointcopy-no-pointing":
+            kwargs["pointing_enabled"] = False
+        model = PointCopyForConditionalGeneration.from_pretrained(path, **kwargs)
+        copy_start = model.config.copy_token_start
+    processor = PointCopyProcessor.from_pretrained(path, copy_token_start=copy_start)
+    model = model.to(device).eval()
+    return model, (processor if device == "cpu" else _DeviceProcessor(processor, device))
+
+
+class _DeviceProcessor:
+    """`inference.generate` passes the processor's CPU tensors straight to `model.generate`; on an accelerator
+    they must be moved first. Delegates everything else to the wrapped processor."""
+
+    def __init__(self, processor, device: str):
+        self._processor, self._device = processor, device
+
+    def __call__(self, *args, **kwargs):
+        return self._processor(*args, **kwargs).to(self._device)
+
+    def __getattr__(self, name):
+        return getattr(self._processor, name)
+
+
+# --------------------------------------------------------------------------------------------- the run
+@dataclass
+class RunStats:
+    total: int  # items selected
+    skipped: int  # already in predictions.jsonl (resume)
+    generated: int
+    errors: int  # items recorded with an error this run
+    seconds: float  # wall time of generation (model calls + image loading) this run
+
+    @property
+    def items_per_second(self) -> float:
+        return self.generated / self.seconds if self.seconds > 0 else 0.0
+
+
+def run_generation(model, processor, benchmark: str, items: dict[str, dict], out_dir: Path, *, prompt_mode: str,
+                   suffix: str = "", batch_size: int = 8, max_new_tokens: int = 1024, progress: bool = True,
+                   generate_kwargs: dict | None = None) -> RunStats:
+    """Generate for every item of `items` (id -> item, benchmark order) not yet in OUTDIR/predictions.jsonl."""
+    from tqdm import tqdm
+
+    from pointcopy.inference import generate
+
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    id_key = ID_KEYS[benchmark]
+    log = PredictionLog(out_dir / PREDICTIONS, id_key)
+    done = log.load()
+    pending = [k for k in items if k not in done]
+    eos = processor.tokenizer.eos_token or ""
+    stats = RunStats(total=len(items), skipped=len(items) - len(pending), generated=0, errors=0, seconds=0.0)
+    bar = tqdm(total=len(items), initial=stats.skipped, unit="item", desc=f"{benchmark}", disable=not progress,
+               dynamic_ncols=True, smoothing=0.1)
+    try:
+        for start in range(0, len(pending), batch_size):
+            t0 = time.perf_counter()
+            ids = pending[start:start + batch_size]
+            rows: dict[str, dict] = {}
+            questions, images, gen_ids = [], [], []
+            for k in ids:
+                item = items[k]
+                try:
+                    question = build_prompt(benchmark, item, prompt_mode) + suffix
+                except ValueError as exc:
+                    rows[k] = {id_key: _native_id(item, id_key, k), "prompt": None, "response": None,
+                               "error": str(exc)}
+                    continue
+                try:
+                    imgs = load_images(item, k)
+                except ValueError as exc:
+                    rows[k] = {id_key: _native_id(item, id_key, k), "prompt": question, "response": None,
+                               "error": str(exc)}
+                    continue
+                questions.append(question)
+                images.append(imgs)
+                gen_ids.append(k)
+            if gen_ids:
+                try:
+                    gens = generate(model, processor, questions, images, max_new_tokens=max_new_tokens,
+                                    **(generate_kwargs or {}))
+                except Exception as exc:
+                    raise RuntimeError(f"generation failed for the batch of items {gen_ids}: {exc}") from exc
+                dt = time.perf_counter() - t0
+                for k, q, g in zip(gen_ids, questions, gens):
+                    text = g.text
+                    finished = bool(eos) and text.endswith(eos)
+                    if finished:
+                        text = text[: -len(eos)]
+                    rows[k] = {id_key: _native_id(items[k], id_key, k), "prompt": q, "response": text,
+                               "finished": finished, "n_tokens": len(g.ids), "n_copies": len(g.cells),
+                               "copied_cells": [[c.image, c.row, c.col] for c in g.cells],
+                               "batch_seconds": round(dt, 4), "batch_size": len(gen_ids)}
+            log.append([rows[k] for k in ids])  # benchmark order within the batch
+            stats.seconds += time.perf_counter() - t0
+            stats.generated += len(gen_ids)
+            stats.errors += len(ids) - len(gen_ids)
+            bar.update(len(ids))
+            if stats.errors:
+                bar.set_postfix(errors=stats.errors, refresh=False)
+    finally:
+        bar.close()
+    return stats
+
+
+def _native_id(item: dict, id_key: str, fallback: str):
+    """The id as the benchmark spells it (MathVerse's sample_index is an int in the official files)."""
+    return item.get(id_key, fallback)

@@ -121,12 +121,16 @@ def _done_ids(path: Path) -> set[str]:
     return done
 
 
-def _append_items(path: Path, rows: Iterable[dict]) -> None:
-    # Drop a partial last line (killed mid-write) before appending, so the file stays valid JSONL.
+def _drop_partial_line(path: Path) -> None:
+    """Cut a last line without newline (killed mid-write). ``write_v1g(resume=True)`` would otherwise append
+    the next record to that fragment and corrupt both."""
     if path.exists():
         data = path.read_bytes()
         if data and not data.endswith(b"\n"):
             path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
+def _append_items(path: Path, rows: Iterable[dict]) -> None:
     with path.open("a", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row) + "\n")
@@ -181,6 +185,8 @@ def build_split(
         from pointcopy.presets import build_tiny_tokenizer
 
         tokenizer = build_tiny_tokenizer()
+    for p in paths.values():
+        _drop_partial_line(p)
     done = {k: _done_ids(p) for k, p in paths.items()}
     from tqdm.auto import tqdm
 

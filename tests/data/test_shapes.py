@@ -1,0 +1,168 @@
+"""The shapes world: scenes, questions, traces, variants, splits on disk."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from pointcopy import trace as T
+from pointcopy.data.shapes import FAMILIES, build_split, generate_scene, make_item, read_items, render
+from pointcopy.data.shapes.build import item_record, png_bytes
+from pointcopy.data.shapes.scene import CELL, SceneConfig
+from pointcopy.data.shapes.traces import regions, strip_copies, trace_text, variants
+from pointcopy.data.v1g import expand_regions, read_v1g, validate_record
+from pointcopy.geometry import MergedGrid, box_to_cells
+
+from shapes_test_helpers import build_small, oracle_answer  # noqa: E402 - tests/data is on sys.path (rootdir mode)
+
+ITEMS = [make_item(3, i) for i in range(240)]
+
+
+def test_same_seed_same_png_and_records():
+    for i in (0, 5, 11):
+        a, b = make_item(1, i), make_item(1, i)
+        assert png_bytes(a.scene) == png_bytes(b.scene)
+        for v in ("copy", "coord", "nocopy"):
+            assert item_record(a, v).to_row() == item_record(b, v).to_row()
+    assert png_bytes(make_item(1, 0).scene) != png_bytes(make_item(2, 0).scene)
+
+
+def test_objects_disjoint_inside_tight_and_in_raster_order():
+    cfg = SceneConfig()
+    for s in range(150):
+        sc = generate_scene(s)
+        assert cfg.min_objects <= len(sc.objects) <= cfg.max_objects
+        assert sc.width % CELL == 0 and sc.height % CELL == 0
+        boxes = [o.box for o in sc.objects]
+        for i, (x0, y0, x1, y1) in enumerate(boxes):
+            assert 0 <= x0 < x1 <= sc.width and 0 <= y0 < y1 <= sc.height
+            for bx in boxes[i + 1 :]:  # separated by at least the gap on some axis
+                assert x1 + cfg.gap <= bx[0] or bx[2] + cfg.gap <= x0 or y1 + cfg.gap <= bx[1] or bx[3] + cfg.gap <= y0
+        keys = [(int((o.box[1] + o.box[3]) / 2 // CELL), (o.box[0] + o.box[2]) / 2) for o in sc.objects]
+        assert keys == sorted(keys) and [o.id for o in sc.objects] == list(range(1, len(boxes) + 1))
+        # Each box is the tight bounding box of that object's drawn pixels.
+        img = np.asarray(render(sc)).astype(int)
+        fg = np.abs(img - np.array(sc.background)).sum(-1) > 0
+        for o in sc.objects:
+            x0, y0, x1, y1 = o.box
+            ys, xs = np.nonzero(fg[y0:y1, x0:x1])
+            assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (0, 0, x1 - x0, y1 - y0)
+        assert fg.sum() == sum(fg[o.box[1] : o.box[3], o.box[0] : o.box[2]].sum() for o in sc.objects)
+
+
+def test_scene_config_errors_and_forced_count():
+    with pytest.raises(ValueError, match="min_side"):
+        SceneConfig(min_side=100)
+    with pytest.raises(ValueError, match="min_objects"):
+        SceneConfig(min_objects=5, max_objects=3)
+    assert len(generate_scene("x", num_objects=10).objects) == 10
+    with pytest.raises(ValueError, match="could not place"):
+        generate_scene("x", SceneConfig(min_side=56, max_side=56), num_objects=10)
+
+
+def test_metal_has_highlight_rubber_is_flat():
+    for s in range(40):
+        sc = generate_scene(s)
+        img = np.asarray(render(sc))
+        for o in sc.objects:
+            x0, y0, x1, y1 = o.box
+            colours = {tuple(p) for p in img[y0:y1, x0:x1].reshape(-1, 3)}
+            assert ((255, 255, 255) in colours) == (o.material == "metal"), o
+
+
+def test_answers_match_an_independent_oracle():
+    for it in ITEMS:
+        objs = [dict(vars(o)) for o in it.scene.objects]
+        assert oracle_answer(it.question.text, objs) == it.question.answer, it.question.text
+        assert trace_text(it.scene, it.question).endswith(f"\nAnswer: {it.question.answer}")
+
+
+def test_families_cycle_and_answers_balanced():
+    fams = [it.question.family for it in ITEMS]
+    assert fams == [FAMILIES[i % 4] for i in range(len(ITEMS))]
+    yes = sum(it.question.answer == "yes" for it in ITEMS if it.question.family == "compare")
+    assert 20 <= yes <= 40  # 60 comparison items, target 50/50
+    counts = {it.question.answer for it in ITEMS if it.question.family == "count"}
+    assert counts == {"0", "1", "2", "3", "4"}
+
+
+def test_every_pointer_lies_in_its_objects_cells():
+    for it in ITEMS[:80]:
+        text, regs = variants(it.scene, it.question)["copy"]
+        grid = MergedGrid.for_image(it.scene.size)
+        parsed = T.parse(expand_regions(text, regs, it.scene.size, keep_key=True), num_image_tokens=grid.num_cells)
+        cells = {o.id: box_to_cells(o.box, it.scene.size, grid) for o in it.scene.objects}
+        # Every region follows its <objN> key (keep_key form): check each region's copies against that object.
+        nodes = parsed.nodes
+        seen = 0
+        for n in nodes:
+            entries = [(e.ref, e.region) for e in n.objects] if isinstance(n, T.Detect) else []
+            for ref, region in entries:
+                assert list(region.copy_ids) == cells[ref.obj_id]
+                seen += 1
+        for a, b in zip(nodes, nodes[1:]):
+            if isinstance(b, T.Region):
+                assert isinstance(a, T.ObjectRef) and list(b.copy_ids) == cells[a.obj_id]
+                seen += 1
+        mentions = len(re.findall(r"<obj\d+>", text))
+        assert seen == mentions == len(parsed.regions)
+        assert [o.obj_id for o in parsed.objects] == [o.id for o in it.scene.objects]
+
+
+def test_variants_differ_only_in_region_markup():
+    for it in ITEMS[:80]:
+        v = variants(it.scene, it.question)
+        copy_text, regs = v["copy"]
+        expanded = expand_regions(copy_text, regs, it.scene.size, keep_key=True)
+        assert regs == regions(it.scene) and v["coord"][1] == {} and v["nocopy"][1] == {}
+        assert v["coord"][0] == strip_copies(expanded) and "<|copy_" not in v["coord"][0]
+        assert re.sub(r"<region>.*?</region>", "", expanded) == v["nocopy"][0] == copy_text
+        assert re.sub(r"<region>.*?</region>", "", v["coord"][0]) == copy_text
+        assert "<region>" not in v["nocopy"][0] and v["coord"][0].count("<region>") == expanded.count("<region>")
+
+
+def test_trace_steps_quote_the_question_and_list_gt_objects():
+    for it in ITEMS[:80]:
+        text = trace_text(it.scene, it.question)
+        for st in it.question.steps:
+            assert st.query in it.question.text
+            if st.objects:
+                objs = ", ".join(f'"<obj{i}>"' for i in st.objects)
+                assert f'filter(query="{st.query}", objects=[{objs}])' in text
+            else:
+                assert f"\nNo {st.query}" in text
+
+
+def test_records_validate_and_split_resumes(tmp_path):
+    paths = build_small(tmp_path / "a")
+    for v in ("copy", "coord", "nocopy"):
+        res = read_v1g(paths[v], strict=True, check_image=True, require_object_regions=(v == "copy"))
+        assert len(res.records) == 24
+        for rec in res.records:
+            validate_record(rec, check_image=True, require_object_regions=(v == "copy"))
+    items = read_items(tmp_path / "a")
+    assert [r["id"] for r in items] == [r.id for r in read_v1g(paths["copy"]).records]
+    assert len(list((tmp_path / "a" / "images").glob("*.png"))) == 24  # shared by the variants
+
+    # A killed build: truncate every file mid-way (and cut a line), rerun, compare bytes with a clean build.
+    for key in ("copy", "coord", "items"):
+        lines = paths[key].read_bytes().splitlines(keepends=True)
+        paths[key].write_bytes(b"".join(lines[:10]) + lines[10][:15])
+    paths2 = build_small(tmp_path / "a")
+    for key in ("copy", "coord", "nocopy", "items"):
+        rows = [json.loads(x) for x in paths2[key].read_text().splitlines()]
+        assert len({r["id"] for r in rows}) == len(rows) == 24
+    clean = build_small(tmp_path / "b")
+    for key in ("copy", "coord", "nocopy", "items"):
+        assert sorted(paths2[key].read_text().splitlines()) == sorted(clean[key].read_text().splitlines())
+    assert (tmp_path / "a/images/shapes-7-000003.png").read_bytes() == (tmp_path / "b/images/shapes-7-000003.png").read_bytes()
+
+
+def test_build_rejects_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="unknown variants"):
+        build_split(tmp_path, 2, variants_="pointer")
+    with pytest.raises(ValueError, match="unknown question family"):
+        make_item(0, 0, families=("algebra",))

@@ -131,7 +131,7 @@ def test_trace_steps_quote_the_question_and_list_gt_objects():
             assert st.query in it.question.text
             if st.objects:
                 objs = ", ".join(f'"<obj{i}>"' for i in st.objects)
-                assert f'filter(query="{st.query}", objects=[{objs}])' in text
+                assert f'detect(query="{st.query}", objects=[{objs}])' in text
             else:
                 assert f"\nNo {st.query}" in text
 

@@ -95,13 +95,14 @@ def test_box_text_and_attributes_and_steps():
     t = texts()
     it = next(i for i in ITEMS if i.question.steps[0].objects)
     q = it.question.steps[0].query
-    t[it.id] = t[it.id].replace(f'filter(query="{q}"', 'filter(query="wrong things"', 1)
+    t[it.id] = t[it.id].replace(f'detect(query="{q}"', 'detect(query="wrong things"', 1)
     _only_lower(t, "step_query_accuracy", "step_accuracy")
 
     t = texts()
     it = next(i for i in ITEMS if i.question.steps[0].objects and len(i.scene.objects) > len(i.question.steps[0].objects))
     missing = next(o.id for o in it.scene.objects if o.id not in it.question.steps[0].objects)
-    t[it.id] = re.sub(r'(filter\(query="[^"]*", objects=\[)', rf'\1"<obj{missing}>", ', t[it.id], count=1)
+    step_q = re.escape(it.question.steps[0].query)
+    t[it.id] = re.sub(rf'(detect\(query="{step_q}", objects=\[)', rf'\1"<obj{missing}>", ', t[it.id], count=1)
     _only_lower(t, "step_objects_accuracy", "step_accuracy")
 
 

@@ -18,7 +18,7 @@ Per item (:func:`score_item`) and aggregated (:func:`aggregate`, :func:`evaluate
   whole 28-px cells); also the IoU of its box text with the best ground-truth box rounded to the trace's two
   decimals. Ties between ground-truth objects go to the object with the generated id.
 * enumeration: object count right (``There are N objects.``) and attribute words right per object.
-* steps ("detect-query correctness"): the i-th generated question step (``filter(query=...)`` or ``No ...``
+* steps ("detect-query correctness"): the i-th generated question step (``detect(query=...)`` after the count line, or ``No ...``
   line) vs the i-th ground-truth step: query string equal to the question's phrase, object set equal to the
   ground-truth set. Generated object ids are mapped to ground-truth objects by their region (copied cells,
   else box text, best IoU) and, without regions (``nocopy``), by id (traces enumerate in raster order).
@@ -63,7 +63,7 @@ _WORDS = {
 _NUMBER_WORDS = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}
 _ANSWER_RE = re.compile(r"Answer:[ \t]*([^\n]*)")
 _REGION_SPAN = re.compile(r"<region>.*?(?:</region>|$)", re.S)
-_STEP_RE = re.compile(r'^filter\(query="([^"]*)", objects=\[(.*?)\]\)', re.M)
+_STEP_RE = re.compile(r'^detect\(query="([^"]*)", objects=\[(.*?)\]\)', re.M)
 _NONE_RE = re.compile(r"^No (.+?)( left)?\.(?= |$)", re.M)
 _OBJ_RE = re.compile(r"<obj(\d+)>")
 _ENUM_RE = re.compile(r'^detect\(query="object", objects=\["<obj(\d+)>"\]\) ([^\n]*)$', re.M)
@@ -132,9 +132,17 @@ def _best(box, boxes: Mapping[int, Sequence[float]], prefer: int) -> tuple[float
 
 
 def _generated_steps(plain: str) -> list[tuple[str, list[int]]]:
-    """``(query, object ids)`` of every question step, in text order, from region-free text."""
-    found = [(m.start(), m.group(1), [int(x) for x in _OBJ_RE.findall(m.group(2))]) for m in _STEP_RE.finditer(plain)]
-    found += [(m.start(), m.group(1), []) for m in _NONE_RE.finditer(plain)]
+    """``(query, object ids)`` of every question step, in text order, from region-free text.
+
+    Steps are the ``detect`` calls after the enumeration: after the count line, else after the last
+    enumeration line (so a step whose phrase happens to be "object" is not taken for the enumeration).
+    """
+    count = _COUNT_RE.search(plain)
+    enum = list(_ENUM_RE.finditer(plain))
+    start = count.end() if count else (enum[-1].end() if enum else 0)
+    found = [(m.start(), m.group(1), [int(x) for x in _OBJ_RE.findall(m.group(2))])
+             for m in _STEP_RE.finditer(plain, start)]
+    found += [(m.start(), m.group(1), []) for m in _NONE_RE.finditer(plain, start)]
     return [(q, ids) for _, q, ids in sorted(found)]
 
 

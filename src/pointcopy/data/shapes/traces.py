@@ -6,23 +6,21 @@ Layout of the ``copy`` variant (before the processor's region expansion)::
     detect(query="object", objects=["<obj2>"]) small cyan matte sphere
     ...                                      (every object, raster order: copy first, then its attributes)
     There are 5 objects.
-    filter(query="red things", objects=["<obj1>", "<obj4>"]) 5 - 2 = 3.
-    filter(query="tiny matte balls", objects=["<obj2>"]) 3 - 1 = 2.
+    detect(query="red things", objects=["<obj1>", "<obj4>"]) 5 - 2 = 3.
+    detect(query="tiny matte balls", objects=["<obj2>"]) 3 - 1 = 2.
     Answer: 2
 
 * The enumeration declares every object with a ``detect`` call and states its four attributes in fixed canonical
   words (size, colour, ``shiny``/``matte``, shape), so the attributes the answer depends on are supervised right
   after the object's patches are copied.
-* Question steps re-mention objects in a ``filter(query="<the question's phrase>", objects=[...])`` line, then
-  spell out the arithmetic. Why ``filter`` and not ``detect``: :func:`pointcopy.trace.parse` (used by
-  ``v1g.validate_record`` and hence by the trainer's reader) rejects an object id declared by two ``detect``
-  calls, so re-detecting ``<obj1>`` would make every record invalid. ``filter(`` is plain text to the parser;
-  its ``<objN>`` mentions are still expanded (every occurrence) and so re-copy the object's patches.
-  ``STEP_CALL`` is the one place to change should the trace language allow re-detection.
+* Question steps re-detect objects already enumerated under the question's own phrase,
+  ``detect(query="<phrase>", objects=["<obj1>", ...])`` (the trace language allows a later ``detect`` to list
+  declared ids), then spell out the arithmetic. Every ``<objN>`` occurrence is expanded, so a step re-copies
+  the patches of the objects it selects.
 * A step with no objects is written ``No purple cylinders. 3 - 0 = 3.`` (``No tiny balls left.`` when the second
-  subtraction hop's matches were all removed by the first). Counting: ``filter(...) 2 red cubes.``, comparison:
-  ``filter(...) 2 cubes.`` / ``filter(...) 1 sphere.`` / ``2 > 1.``, attribute query:
-  ``filter(query="large shiny sphere", objects=["<obj3>"]) It is red.``. Every trace ends ``Answer: X``.
+  subtraction hop's matches were all removed by the first). Counting: ``detect(...) 2 red cubes.``, comparison:
+  ``detect(...) 2 cubes.`` / ``detect(...) 1 sphere.`` / ``2 > 1.``, attribute query:
+  ``detect(query="large shiny sphere", objects=["<obj3>"]) It is red.``. Every trace ends ``Answer: X``.
 
 Variants of one item (:func:`variants`), differing only in region markup:
 
@@ -45,7 +43,7 @@ __all__ = ["VARIANTS", "STEP_CALL", "ENUM_QUERY", "describe", "object_key", "tra
            "strip_copies"]
 
 VARIANTS = ("copy", "coord", "nocopy")
-STEP_CALL = "filter"
+STEP_CALL = "detect"
 ENUM_QUERY = "object"
 _MATERIAL_WORD = {"metal": "shiny", "rubber": "matte"}
 _COPY_RE = re.compile(r"<\|copy_\d+\|>")

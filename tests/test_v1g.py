@@ -323,3 +323,18 @@ def test_training_view_and_expanded_trace():
     assert list(r2.copy_ids) == list(range(24 * 18))  # <obj2> covers the whole training image, raster order
     g2 = parse(big.expanded_trace(keep_key=True), num_image_tokens=n_cells)
     assert g2.object(1).box == (0.01, 0.02, 0.08, 0.20) and g2.object(1).query == "red square"
+
+
+def test_resume_after_torn_line_does_not_corrupt_next_record(tmp_path):
+    from PIL import Image
+
+    recs = [V1GRecord(f"r{i}", Image.new("RGB", (56, 56)), [{"from": "human", "value": "<image>\nq"},
+                                                             {"from": "gpt", "value": "a"}], {}, (56, 56))
+            for i in range(3)]
+    path = tmp_path / "out.jsonl"
+    write_v1g(recs[:2], path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 20])  # the second record torn mid-line, as by kill -9
+    assert write_v1g(recs, path, resume=True) == 2
+    ids = [json.loads(line)["id"] for line in path.read_text().splitlines()]
+    assert ids == ["r0", "r1", "r2"]

@@ -40,6 +40,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from pointcopy import geometry
 from pointcopy.geometry import MergedGrid
+from pointcopy.jsonl import drop_partial_last_line
 from pointcopy.trace import Region, TraceSyntaxError, parse, render
 
 __all__ = [
@@ -426,6 +427,7 @@ def write_v1g(
     (path.parent / image_dir).mkdir(parents=True, exist_ok=True)
     done: set[str] = set()
     if resume and path.exists():
+        drop_partial_last_line(path)  # a torn line would otherwise swallow the next record
         with path.open(encoding="utf-8") as fh:
             for line in fh:
                 try:

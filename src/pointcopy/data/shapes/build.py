@@ -28,6 +28,7 @@ from pointcopy.data.v1g import IMAGE_PREFIX, V1GRecord, expand_regions, write_v1
 from .questions import FAMILIES, Question, sample_question
 from .scene import Scene, SceneConfig, generate_scene, render
 from .traces import VARIANTS, variants
+from pointcopy.jsonl import drop_partial_last_line
 
 __all__ = ["Item", "item_id", "make_item", "item_record", "item_row", "png_bytes", "build_split", "read_items",
            "trace_lengths"]
@@ -121,15 +122,6 @@ def _done_ids(path: Path) -> set[str]:
     return done
 
 
-def _drop_partial_line(path: Path) -> None:
-    """Cut a last line without newline (killed mid-write). ``write_v1g(resume=True)`` would otherwise append
-    the next record to that fragment and corrupt both."""
-    if path.exists():
-        data = path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            path.write_bytes(data[: data.rfind(b"\n") + 1])
-
-
 def _append_items(path: Path, rows: Iterable[dict]) -> None:
     with path.open("a", encoding="utf-8") as fh:
         for row in rows:
@@ -186,7 +178,7 @@ def build_split(
 
         tokenizer = build_tiny_tokenizer()
     for p in paths.values():
-        _drop_partial_line(p)
+        drop_partial_last_line(p)
     done = {k: _done_ids(p) for k, p in paths.items()}
     from tqdm.auto import tqdm
 

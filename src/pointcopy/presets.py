@@ -35,33 +35,57 @@ CHAT_TEMPLATE = (
 _WORDS = """the a an of to in on is are and or not how many what which color shape size material left right
 above below object objects thing things ball balls sphere spheres cube cubes block blocks cylinder cylinders cone
 square circle triangle rectangle red green blue yellow purple cyan gray brown black white orange pink small large
-tiny big matte shiny metal rubber metallic subtract add count compare there more fewer than same equal number
-answer question step think so first then next finally therefore total left are is remaining all how much area
+tiny big matte shiny metal metallic rubber subtract add count compare there more fewer than same equal number
+answer question step think so first then next finally therefore total left are is remaining all every how much area
 angle line point length width height degree value find let we have it this that each one two three four five six
 seven eight nine ten zero plus minus times divided sum difference product chart bar graph figure image shown
-look detect query objects region box copy grounded reasoning please use long chain style step by""".split()
+look detect query objects region box copy grounded reasoning please use long chain style step by take away remove
+withdraw exist yes no does do as has have it its there are other any""".split()
+_COLOURS = "gray red blue green brown purple cyan yellow".split()
+_SHAPES = [("cube", "cubes"), ("sphere", "spheres"), ("cylinder", "cylinders"), ("ball", "balls"),
+           ("block", "blocks"), ("thing", "things"), ("object", "objects")]
 
 
 def _corpus() -> list[str]:
+    """Deterministic training text: general words, arithmetic, and grounded-trace syntax (detect calls, regions
+    with two-decimal boxes, attribute words) so that traces tokenise compactly."""
     lines = [" ".join(_WORDS[i:i + 12]) for i in range(0, len(_WORDS), 12)]
-    lines += [f"{a} + {b} = {a + b}, {a} - {b} = {a - b}, {a}.{b}" for a, b in itertools.product(range(12), repeat=2)]
-    lines += [f'detect(query="{c} {s}", objects=["<obj{i}>"]) <region>[0.{i}5, 0.{i}0, 0.9{i}, 1.00]</region>'
-              for i, (c, s) in enumerate(itertools.product(_WORDS[50:62], _WORDS[33:45]))]
+    lines += [f"{a} + {b} = {a + b}, {a} - {b} = {a - b}, {a} > {b}, {a} < {b}." for a, b in itertools.product(range(13), repeat=2)]
+    values = [f"{v / 100:.2f}" for v in range(101)]
+    for i, (c, (s1, s2)) in enumerate(itertools.product(_COLOURS, _SHAPES)):
+        size, mat = ("large", "small")[i % 2], ("shiny", "matte")[i // 2 % 2]
+        box = ", ".join(values[(i * 7 + j * 13) % 101] for j in range(4))
+        lines.append(f'detect(query="object", objects=["<obj{i % 12 + 1}><region>[{box}]</region>"]) '
+                     f'{size} {c} {mat} {s1}\nThere are {i % 9 + 1} objects.\n'
+                     f'detect(query="{c} {s2}", objects=["<obj{i % 12 + 1}>", "<obj{i % 5 + 1}>"]) It is {c}.')
+    lines += [" ".join(f"[{values[i % 101]}, {values[(i + 31) % 101]}, {values[(i + 57) % 101]}, {values[(i + 83) % 101]}]"
+                       for i in range(k, k + 10)) for k in range(0, 101, 10)] * 3
+    lines += [" ".join(f'detect(query="{w}' for w in _WORDS[i:i + 8]) for i in range(0, len(_WORDS), 8)] * 2
     lines += ["Answer: 3\nThe answer is (B). Question: How many objects are left?\nChoices:\n(A) 1\n(B) 2"] * 3
     return lines
 
 
-def build_tiny_tokenizer(vocab_size: int = 1024):
+# Split like GPT-2, but keep decimals such as "0.59" in one piece so box coordinates can become single tokens.
+_PRETOKENIZE = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+(?:\.\p{N}+)?| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# Trace markup kept whole (plain text to the model, not special tokens).
+_MARKUP = ["<region>", "</region>"] + [f"<obj{i}>" for i in range(1, 21)]
+
+
+def build_tiny_tokenizer(vocab_size: int = 1536):
     """A byte-level BPE (any text encodes) with Qwen's special tokens and chat template. Deterministic."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(_PRETOKENIZE), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.add_tokens([AddedToken(t, normalized=False) for t in _MARKUP])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                    additional_special_tokens=QWEN_SPECIAL_TOKENS, chat_template=CHAT_TEMPLATE,
                                    padding_side="left")

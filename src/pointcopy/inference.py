@@ -24,9 +24,10 @@ class PointedCell:
 
 @dataclass
 class Generation:
-    text: str  # decoded, pointers as <|copy_k|>
+    text: str  # decoded up to (not including) the end-of-turn token; pointers as <|copy_k|>
     ids: list[int]
     cells: list[PointedCell] = field(default_factory=list)
+    finished: bool = False  # an end-of-turn / eos token was generated (False: cut by max_new_tokens)
 
 
 def slot_table(image_grid_thw: torch.Tensor, merge_size: int = 2) -> list[tuple[int, int, int]]:
@@ -49,17 +50,22 @@ def generate(model, processor, questions: list[str], images: list[list], max_new
         content = [{"type": "image"}] * len(imgs) + [{"type": "text", "text": q + suffix}]
         texts.append(processor.apply_chat_template([{"role": "user", "content": content}]))
     flat = [im.convert("RGB") for imgs in images for im in imgs]
-    batch = processor(texts, flat)
+    batch = processor(texts, flat).to(model.device)
     generate_kwargs.setdefault("do_sample", False)
     out = model.generate(**batch, max_new_tokens=max_new_tokens, **generate_kwargs)
     new = out[:, batch["input_ids"].shape[1]:]
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+    eos.add(processor.tokenizer.convert_tokens_to_ids("<|im_end|>"))
     results, image = [], 0
     grid = batch.get("image_grid_thw")
     for b, imgs in enumerate(images):
         table = slot_table(grid[image:image + len(imgs)], processor.merge_size) if imgs else []
         image += len(imgs)
-        ids = [int(i) for i in new[b] if int(i) != processor.tokenizer.pad_token_id]
+        ids = [int(i) for i in new[b]]
+        stop = next((t for t, i in enumerate(ids) if i in eos), None)
+        ids = ids[:stop] if stop is not None else ids
         cells = [PointedCell(i - processor.copy_token_start, *table[i - processor.copy_token_start])
-                 for i in ids if i >= processor.copy_token_start]
-        results.append(Generation(processor.decode(ids), ids, cells))
+                 for i in ids if processor.copy_token_start <= i < processor.copy_token_start + len(table)]
+        results.append(Generation(processor.decode(ids), ids, cells, finished=stop is not None))
     return results

@@ -187,21 +187,7 @@ def load_model(path: str, kind: str, dtype: str = "auto", device: str = "cpu"):
         copy_start = model.config.copy_token_start
     processor = PointCopyProcessor.from_pretrained(path, copy_token_start=copy_start)
     model = model.to(device).eval()
-    return model, (processor if device == "cpu" else _DeviceProcessor(processor, device))
-
-
-class _DeviceProcessor:
-    """`inference.generate` passes the processor's CPU tensors straight to `model.generate`; on an accelerator
-    they must be moved first. Delegates everything else to the wrapped processor."""
-
-    def __init__(self, processor, device: str):
-        self._processor, self._device = processor, device
-
-    def __call__(self, *args, **kwargs):
-        return self._processor(*args, **kwargs).to(self._device)
-
-    def __getattr__(self, name):
-        return getattr(self._processor, name)
+    return model, processor  # inference.generate moves each batch to model.device
 
 
 # --------------------------------------------------------------------------------------------- the run
@@ -232,7 +218,6 @@ def run_generation(model, processor, benchmark: str, items: dict[str, dict], out
     log = PredictionLog(out_dir / PREDICTIONS, id_key)
     done = log.load()
     pending = [k for k in items if k not in done]
-    eos = processor.tokenizer.eos_token or ""
     stats = RunStats(total=len(items), skipped=len(items) - len(pending), generated=0, errors=0, seconds=0.0)
     bar = tqdm(total=len(items), initial=stats.skipped, unit="item", desc=f"{benchmark}", disable=not progress,
                dynamic_ncols=True, smoothing=0.1)
@@ -267,10 +252,7 @@ def run_generation(model, processor, benchmark: str, items: dict[str, dict], out
                     raise RuntimeError(f"generation failed for the batch of items {gen_ids}: {exc}") from exc
                 dt = time.perf_counter() - t0
                 for k, q, g in zip(gen_ids, questions, gens):
-                    text = g.text
-                    finished = bool(eos) and text.endswith(eos)
-                    if finished:
-                        text = text[: -len(eos)]
+                    text, finished = g.text, g.finished
                     rows[k] = {id_key: _native_id(items[k], id_key, k), "prompt": q, "response": text,
                                "finished": finished, "n_tokens": len(g.ids), "n_copies": len(g.cells),
                                "copied_cells": [[c.image, c.row, c.col] for c in g.cells],

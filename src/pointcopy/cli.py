@@ -13,6 +13,10 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("pointcopy.commands.demo", "answer a question about a generated scene with the embedded model; "
+             "writes demo.html"),
+    "shapes": ("pointcopy.commands.shapes", "the embedded default's recipe: build data, train, evaluate"),
+    "ablate": ("pointcopy.commands.ablate", "controlled ablation: pointing vs no pointing vs text-only controls"),
     "run": ("pointcopy.commands.run", "run a tiny locally built model on a generated image and print the trace"),
     "train": ("pointcopy.commands.train", "train a point-and-copy model on v1g data"),
     "score": ("pointcopy.eval.score_cli", "score a predictions file against a benchmark (MathVista, MATH-V, MathVerse)"),

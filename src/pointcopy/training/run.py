@@ -54,6 +54,7 @@ class TrainOptions:
     region_key_mode: str = "replace"
     max_side: int | None = 672
     max_length: int | None = None
+    require_object_regions: bool = True  # v1g validation: every <objN> needs a region (off for text-only controls)
     threads: int | None = 1
     resume: bool = True
     weights_digest: bool = False
@@ -61,12 +62,13 @@ class TrainOptions:
     progress: bool = True
 
 
-def load_model_and_processor(spec: str, **overrides):
-    """A preset name builds a fresh tiny model + tokenizer locally; anything else loads a checkpoint."""
+def load_model_and_processor(spec: str, seed: int = 0, **overrides):
+    """A preset name builds a fresh tiny model (initialised from `seed`) + tokenizer locally; anything else loads
+    a checkpoint."""
     from ..presets import PRESETS, build_preset
 
     if spec in PRESETS:
-        return build_preset(spec, **overrides)
+        return build_preset(spec, seed=seed, **overrides)
     from ..model import PointCopyForConditionalGeneration
     from ..processing import PointCopyProcessor
 
@@ -108,7 +110,7 @@ def train(options: TrainOptions) -> dict:
     out = Path(options.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(options.seed)
-    model, processor = load_model_and_processor(options.model, **options.model_overrides)
+    model, processor = load_model_and_processor(options.model, seed=options.seed, **options.model_overrides)
     if options.freeze_vision:
         for p in model.model.visual.parameters():
             p.requires_grad_(False)
@@ -117,8 +119,9 @@ def train(options: TrainOptions) -> dict:
     collator = GroundedCollator(processor, label_policy=options.label_policy,
                                 region_key_mode=options.region_key_mode, max_side=options.max_side,
                                 max_length=options.max_length)
-    train_set = V1GDataset(options.train_data, bad_log=out / "bad_records.jsonl")
-    eval_set = V1GDataset(options.eval_data) if options.eval_data else None
+    validation = {"require_object_regions": options.require_object_regions}
+    train_set = V1GDataset(options.train_data, bad_log=out / "bad_records.jsonl", **validation)
+    eval_set = V1GDataset(options.eval_data, **validation) if options.eval_data else None
     use_bf16 = options.bf16 == "yes" or (options.bf16 == "auto" and torch.cuda.is_available()
                                          and torch.cuda.is_bf16_supported())
     args = TrainingArguments(

@@ -1,0 +1,1 @@
+"""The embedded default: the shapes world + a tiny model that learns to point on CPU (recipe, evaluation, demo)."""

@@ -1,0 +1,113 @@
+"""`run_demo`: one grounded answer from the embedded model, printed and rendered to demo.html + an overlay PNG.
+
+The model is the shipped `shapes-tiny` checkpoint (`embedded/assets/shapes-tiny`, reproducible with
+`pointcopy shapes train`); if it is absent, the recipe trains one on first use (progress bar, a few minutes on
+2 cores) and caches it under `~/.cache/pointcopy/shapes-tiny`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+ASSET = Path(__file__).resolve().parent / "assets" / "shapes-tiny"
+DEMO_SEED = 7  # scenes of the demo come from a split no training or test item uses
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("POINTCOPY_CACHE", Path.home() / ".cache" / "pointcopy")) / "shapes-tiny"
+
+
+def ensure_model(progress: bool = True) -> Path:
+    """Directory of a trained shapes-tiny model: the shipped asset, else a cached (or freshly trained) one."""
+    if (ASSET / "config.json").is_file():
+        return ASSET
+    from .recipe import ShapesRecipe, build_data, train_variant
+
+    root = cache_dir()
+    final = root / "runs" / "copy-seed0" / "final"
+    if not (final / "config.json").is_file():
+        print(f"no shipped checkpoint; training shapes-tiny once into {root} (a few minutes on 2 CPU cores)")
+        build_data(root, ShapesRecipe(), progress=progress)
+        final = train_variant(root, ShapesRecipe(), "copy", progress=progress)
+    return final
+
+
+@dataclass
+class DemoResult:
+    question: str
+    expected: str | None
+    answer: object  # GroundedAnswer
+    html_path: Path
+    png_path: Path
+
+
+def summarize_trace(text: str) -> str:
+    """The trace with each `<region>[box]<|copy_k|>...</region>` shown as `[box]{n cells}`."""
+    def short(m: re.Match) -> str:
+        n = len(re.findall(r"<\|copy_\d+\|>", m.group(0)))
+        box = re.search(r"\[[^\]]*\]", m.group(0))
+        return f"{box.group(0) if box else ''}{{{n} cell{'s' if n != 1 else ''}}}"
+
+    return re.sub(r"<region>.*?(?:</region>|$)", short, text, flags=re.S)
+
+
+def run_demo(out_dir: str | Path = ".", seed: int | None = None, image_path: str | None = None,
+             question: str | None = None, model_dir: str | Path | None = None, max_new_tokens: int = 640,
+             threads: int = 2, echo=print) -> DemoResult:
+    import torch
+    from PIL import Image
+
+    from ..data.shapes.build import make_item
+    from ..data.shapes.scene import render
+    from ..demo.render import overlay, page
+    from ..geometry import MergedGrid
+    from ..grounded import GroundedAnswer
+    from ..inference import generate
+    from ..model import PointCopyForConditionalGeneration
+    from ..processing import PointCopyProcessor
+    from .recipe import ShapesRecipe
+
+    torch.set_num_threads(threads)
+    model_dir = Path(model_dir) if model_dir else ensure_model()
+    model = PointCopyForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    processor = PointCopyProcessor.from_pretrained(model_dir)
+
+    expected = None
+    if image_path:
+        image = Image.open(image_path).convert("RGB")
+        question = question or "How many objects are there?"
+    else:
+        seed = random.randrange(1 << 30) if seed is None else seed
+        item = make_item(DEMO_SEED, seed, ShapesRecipe().scenes)
+        image = render(item.scene)
+        if question is None:
+            question, expected = item.question.text, item.question.answer
+    gen = generate(model, processor, [question], [[image]], max_new_tokens=max_new_tokens)[0]
+    thw = processor.image_processor(images=[image], return_tensors="pt")["image_grid_thw"][0].tolist()
+    answer = GroundedAnswer.from_text(gen.text, [MergedGrid.from_thw(thw)], [image.size])
+
+    echo(f"question: {question}")
+    echo("trace:\n  " + summarize_trace(gen.text).replace("\n", "\n  "))
+    echo(f"{'object':<8} {'query':<24} {'cells':>5}  box (px)")
+    for r in answer.objects:
+        if r.box is not None:
+            echo(f"<obj{r.obj_id}>".ljust(8) + f" {(r.query or '')[:24]:<24} {len(r.cells):>5}  "
+                 f"[{', '.join(f'{v:.0f}' for v in r.box)}]")
+    verdict = ""
+    if expected is not None:
+        verdict = " (correct)" if (answer.answer or "").strip().lower() == expected.lower() else f" (expected {expected})"
+    echo(f"answer: {answer.answer}{verdict}" + ("" if gen.finished else "  [cut at max_new_tokens]"))
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    picture = overlay(image, answer)
+    png_path, html_path = out_dir / "demo_overlay.png", out_dir / "demo.html"
+    picture.save(png_path)
+    html_path.write_text(page(picture, question, answer, expected=expected,
+                              model_note=f"model: {model_dir} (pointcopy shapes-tiny)"), encoding="utf-8")
+    echo(f"wrote {html_path} and {png_path}")
+    return DemoResult(question, expected, answer, html_path, png_path)

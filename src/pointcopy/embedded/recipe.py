@@ -1,0 +1,135 @@
+"""The `shapes-tiny` recipe: data, training and held-out evaluation of the embedded default, in one place.
+
+    build_data(root)            shapes scenes -> v1g records (copy / coord / nocopy variants share images)
+    train_variant(root, ...)    pointcopy train on one variant (same data, steps and seed across variants)
+    evaluate_model(dir, ...)    greedy generation on held-out scenes -> answer / pointer / region metrics
+
+Everything is deterministic from the recipe's seeds; each stage resumes (data build, checkpoints, predictions).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from ..data.shapes.scene import SceneConfig
+
+PRESET = "shapes-tiny"
+
+
+@dataclass(frozen=True)
+class ShapesRecipe:
+    train_items: int = 4000
+    test_items: int = 300
+    train_seed: int = 1
+    test_seed: int = 2
+    min_objects: int = 3
+    max_objects: int = 8
+    steps: int = 900
+    batch_size: int = 16
+    learning_rate: float = 2e-3
+    vision_lr_scale: float = 0.5
+    warmup_ratio: float = 0.05
+    lr_scheduler: str = "cosine"
+    threads: int = 2
+    model_seed: int = 0
+    eval_batch_size: int = 16
+    max_new_tokens: int = 640
+    preset_overrides: dict = field(default_factory=dict)
+
+    @property
+    def scenes(self) -> SceneConfig:
+        return SceneConfig(min_objects=self.min_objects, max_objects=self.max_objects)
+
+    def with_(self, **changes) -> "ShapesRecipe":
+        return replace(self, **changes)
+
+
+def build_data(root: str | Path, recipe: ShapesRecipe = ShapesRecipe(), progress: bool = True) -> dict[str, dict]:
+    """Train and test splits under `root/data/{train,test}`; returns their file paths per variant + items."""
+    from ..data.shapes.build import build_split
+
+    root = Path(root)
+    return {
+        "train": build_split(root / "data" / "train", recipe.train_items, recipe.train_seed, config=recipe.scenes,
+                             progress=progress),
+        "test": build_split(root / "data" / "test", recipe.test_items, recipe.test_seed, config=recipe.scenes,
+                            progress=progress),
+    }
+
+
+def train_variant(root: str | Path, recipe: ShapesRecipe = ShapesRecipe(), variant: str = "copy",
+                  seed: int | None = None, progress: bool = True, out_dir: str | Path | None = None) -> Path:
+    """Train `shapes-tiny` on one variant; returns the final model directory (resumes an interrupted run)."""
+    from ..training.run import TrainOptions, train
+
+    seed = recipe.model_seed if seed is None else seed
+    root = Path(root)
+    data = root / "data" / "train" / f"{variant}.jsonl"
+    out = Path(out_dir) if out_dir else root / "runs" / f"{variant}-seed{seed}"
+    if (out / "final" / "config.json").is_file():
+        return out / "final"
+    train(TrainOptions(model=PRESET, train_data=[str(data)], output_dir=str(out), max_steps=recipe.steps,
+                       batch_size=recipe.batch_size, learning_rate=recipe.learning_rate,
+                       vision_lr_scale=recipe.vision_lr_scale, warmup_ratio=recipe.warmup_ratio,
+                       lr_scheduler=recipe.lr_scheduler, weight_decay=0.0, seed=seed,
+                       save_steps=max(50, recipe.steps // 6), save_total_limit=1, logging_steps=50,
+                       region_key_mode="keep", max_side=None, threads=recipe.threads, progress=progress,
+                       require_object_regions=variant == "copy",
+                       model_overrides=dict(recipe.preset_overrides)))
+    return out / "final"
+
+
+def evaluate_model(model_dir: str | Path, test_dir: str | Path, recipe: ShapesRecipe = ShapesRecipe(), *,
+                   limit: int | None = None, pointing_enabled: bool = True, out_file: str | Path | None = None,
+                   progress: bool = True) -> dict:
+    """Greedy traces for held-out items (resumable JSONL of predictions) scored with `eval.shapes`."""
+    import torch
+    from PIL import Image
+    from tqdm import tqdm
+
+    from ..data.shapes.build import read_items
+    from ..eval.shapes import evaluate
+    from ..inference import generate
+    from ..jsonl import drop_partial_last_line
+    from ..model import PointCopyForConditionalGeneration
+    from ..processing import PointCopyProcessor
+
+    torch.set_num_threads(recipe.threads)
+    test_dir = Path(test_dir)
+    items = read_items(test_dir / "items.jsonl")[: limit or None]
+    model = PointCopyForConditionalGeneration.from_pretrained(model_dir, pointing_enabled=pointing_enabled).eval()
+    processor = PointCopyProcessor.from_pretrained(model_dir)
+    out_file = Path(out_file) if out_file else Path(model_dir).parent / (
+        f"predictions{'' if pointing_enabled else '-nopointing'}-{test_dir.name}.jsonl")
+    predictions: dict[str, str] = {}
+    if out_file.exists():
+        drop_partial_last_line(out_file)
+        for line in out_file.read_text().splitlines():
+            row = json.loads(line)
+            predictions[row["id"]] = row["text"]
+    todo = [it for it in items if it["id"] not in predictions]
+    t0 = time.perf_counter()
+    with open(out_file, "a") as fh, tqdm(total=len(items), initial=len(items) - len(todo), unit="item",
+                                         desc="evaluate", disable=not progress) as bar:
+        for i in range(0, len(todo), recipe.eval_batch_size):
+            chunk = todo[i:i + recipe.eval_batch_size]
+            images = [[Image.open(test_dir / "images" / f"{it['id']}.png").convert("RGB")] for it in chunk]
+            gens = generate(model, processor, [it["question"] for it in chunk], images,
+                            max_new_tokens=recipe.max_new_tokens)
+            for it, g in zip(chunk, gens):
+                predictions[it["id"]] = g.text
+                fh.write(json.dumps({"id": it["id"], "text": g.text, "finished": g.finished}) + "\n")
+            fh.flush()
+            bar.update(len(chunk))
+    result = evaluate({it["id"]: predictions[it["id"]] for it in items}, items)
+    result["generation_seconds"] = round(time.perf_counter() - t0, 1)
+    result["pointing_enabled"] = pointing_enabled
+    result["model_dir"] = str(model_dir)
+    return result
+
+
+def recipe_dict(recipe: ShapesRecipe) -> dict:
+    return asdict(recipe)

@@ -16,9 +16,7 @@ import time
 
 import torch
 from PIL import Image, ImageDraw
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-from pointcopy.presets import build_tiny_processor, tiny_model
+from pointcopy.presets import build_tiny_processor, plain_qwen_twin, tiny_model
 
 
 def scene(w, h, seed):
@@ -35,14 +33,7 @@ def build_pair(hidden: int, layers: int):
     processor = build_tiny_processor()
     ours = tiny_model(0, processor.tokenizer, hidden_size=hidden, layers=layers, heads=8, kv_heads=4,
                       vision_hidden=128, vision_depth=2)
-    cfg = ours.config.to_dict()
-    plain_cfg = Qwen2_5_VLConfig(**{k: v for k, v in cfg.items() if k in ("text_config", "vision_config")
-                                    or k.endswith("token_id")})
-    plain = Qwen2_5_VLForConditionalGeneration(plain_cfg).eval()
-    plain.load_state_dict({k: v for k, v in ours.state_dict().items() if not k.startswith("pointer.")})
-    plain.generation_config.eos_token_id = ours.generation_config.eos_token_id
-    plain.generation_config.pad_token_id = ours.generation_config.pad_token_id
-    return processor, ours, plain
+    return processor, ours, plain_qwen_twin(ours)
 
 
 def make_batch(processor, batch_size: int):

@@ -17,10 +17,8 @@ import time
 
 import torch
 from PIL import Image, ImageDraw
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
 from pointcopy.collate import GroundedCollator, GroundedSample
-from pointcopy.presets import build_tiny_processor, tiny_model
+from pointcopy.presets import build_tiny_processor, plain_qwen_twin, tiny_model
 
 
 def grounded_samples(n: int, seed: int = 0) -> list[GroundedSample]:
@@ -56,10 +54,7 @@ def main() -> None:
     processor = build_tiny_processor()
     ours = tiny_model(0, processor.tokenizer, hidden_size=args.hidden, layers=args.layers, heads=8, kv_heads=4,
                       vision_hidden=128, vision_depth=2).train()
-    cfg = ours.config.to_dict()
-    plain = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
-        **{k: v for k, v in cfg.items() if k in ("text_config", "vision_config") or k.endswith("token_id")})).train()
-    plain.load_state_dict({k: v for k, v in ours.state_dict().items() if not k.startswith("pointer.")})
+    plain = plain_qwen_twin(ours)
 
     collate = GroundedCollator(processor, region_key_mode="keep")
     samples = grounded_samples(args.batch_size * 4)

@@ -338,3 +338,14 @@ def test_resume_after_torn_line_does_not_corrupt_next_record(tmp_path):
     assert write_v1g(recs, path, resume=True) == 2
     ids = [json.loads(line)["id"] for line in path.read_text().splitlines()]
     assert ids == ["r0", "r1", "r2"]
+
+
+def test_expand_first_occurrence_without_box_text():
+    text = 'detect(query="a", objects=["<obj1>"]) x\ndetect(query="b", objects=["<obj1>"])'
+    out = expand_regions(text, {"<obj1>": [0, 0, 28, 28]}, (56, 56), keep_key=True, occurrences="first",
+                         box_text=False)
+    assert out == ('detect(query="a", objects=["<obj1><region><|copy_0|></region>"]) x\n'
+                   'detect(query="b", objects=["<obj1>"])')
+    assert expand_regions(text, {"<obj1>": [0, 0, 28, 28]}, (56, 56), keep_key=True).count("<region>[0.00") == 2
+    with pytest.raises(ValueError, match="occurrences"):
+        expand_regions(text, {"<obj1>": [0, 0, 28, 28]}, (56, 56), occurrences="last")

@@ -54,8 +54,12 @@ class GroundedSample:
 
 class GroundedCollator:
     def __init__(self, processor: PointCopyProcessor, *, label_policy: str = "assistant",
-                 region_key_mode: str = "replace", max_side: int | None = geometry.OFFICIAL_MAX_SIDE,
-                 max_length: int | None = None, system_prompt: str | None = None):
+                 region_key_mode: str = "replace", region_occurrences: str = "all", box_text: bool = True,
+                 max_side: int | None = geometry.OFFICIAL_MAX_SIDE, max_length: int | None = None,
+                 system_prompt: str | None = None):
+        """region_key_mode: "replace" (official: the key becomes the region) or "keep" (`<objN><region>...`);
+        region_occurrences: "all" (official: every mention re-copies) or "first"; box_text: write the box
+        coordinates before the copies (official)."""
         if label_policy not in LABEL_POLICIES:
             raise ValueError(f"label_policy must be one of {LABEL_POLICIES}, got {label_policy!r}")
         if region_key_mode not in ("replace", "keep"):
@@ -63,6 +67,7 @@ class GroundedCollator:
         self.processor = processor
         self.label_policy = label_policy
         self.keep_key = region_key_mode == "keep"
+        self.region_occurrences, self.box_text = region_occurrences, box_text
         self.max_side = max_side
         self.max_length = max_length
         self.system_prompt = system_prompt
@@ -101,7 +106,8 @@ class GroundedCollator:
                 if sample.regions and sample.regions[i]:
                     try:
                         trace = expand_regions(trace, sample.regions[i], image.size, grid, offset=offset,
-                                               keep_key=self.keep_key)
+                                               keep_key=self.keep_key, occurrences=self.region_occurrences,
+                                               box_text=self.box_text)
                     except ValueError as err:
                         raise ValueError(f"sample {sample.id!r}: field 'regions' (image {i}): {err}") from err
                 tokens_per_image.append(grid.num_cells)

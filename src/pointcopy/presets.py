@@ -172,3 +172,23 @@ def build_preset(name: str, seed: int = 0, **overrides):
     processor = build_tiny_processor()
     model = tiny_model(seed, processor.tokenizer, **{**PRESETS[name], **overrides})
     return model, processor
+
+
+def plain_qwen_config(config):
+    """The Qwen2.5-VL backbone config of a PointCopyConfig (copy fields dropped), for baselines and conversions."""
+    from transformers import Qwen2_5_VLConfig
+
+    d = config.to_dict()
+    return Qwen2_5_VLConfig(**{k: v for k, v in d.items()
+                               if k in ("text_config", "vision_config", "tie_word_embeddings") or k.endswith("token_id")})
+
+
+def plain_qwen_twin(model):
+    """A plain `Qwen2_5_VLForConditionalGeneration` with `model`'s backbone weights (pointer heads dropped)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    plain = Qwen2_5_VLForConditionalGeneration(plain_qwen_config(model.config))
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("pointer.")})
+    plain.generation_config.eos_token_id = model.generation_config.eos_token_id
+    plain.generation_config.pad_token_id = model.generation_config.pad_token_id
+    return plain.train(model.training)

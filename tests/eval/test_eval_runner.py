@@ -179,14 +179,12 @@ def test_no_pointing(model_dir, mathv, tmp_path):
 def test_baseline_qwen_equals_converted_model_without_pointing(mathv, tmp_path):
     """A plain Qwen2.5-VL through --baseline-qwen and the same checkpoint converted to pointcopy (identity heads)
     with pointing disabled have the same vocabulary logits, so greedy runs must agree item for item."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from pointcopy.presets import build_tiny_processor, tiny_config
+    from pointcopy.presets import build_tiny_processor, plain_qwen_config, tiny_config
 
     processor = build_tiny_processor()
-    cfg = tiny_config(processor.tokenizer).to_dict()
-    qwen_cfg = Qwen2_5_VLConfig(**{k: v for k, v in cfg.items() if k in ("text_config", "vision_config") or
-                                   k.endswith("token_id")})
+    qwen_cfg = plain_qwen_config(tiny_config(processor.tokenizer))
     torch.manual_seed(1)
     base_dir = tmp_path / "qwen"
     Qwen2_5_VLForConditionalGeneration(qwen_cfg).eval().save_pretrained(base_dir)

@@ -7,10 +7,10 @@ import math
 
 import pytest
 import torch
-from transformers import DynamicCache, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import DynamicCache, Qwen2_5_VLForConditionalGeneration
 
 from pointcopy import PointCopyConfig, PointCopyForConditionalGeneration
-from pointcopy.presets import build_tiny_processor, save_tiny, tiny_config
+from pointcopy.presets import build_tiny_processor, plain_qwen_config, save_tiny, tiny_config
 
 from model_helpers import chat, scene
 
@@ -79,11 +79,8 @@ def test_convert_base_qwen(tmp_path):
     """A base Qwen2.5-VL checkpoint (+ tokenizer) becomes a pointcopy model with identity/sqrt(D) heads whose
     vocabulary logits equal the base model's."""
     processor = build_tiny_processor()
-    cfg = tiny_config(processor.tokenizer).to_dict()
-    qwen_cfg = Qwen2_5_VLConfig(**{k: v for k, v in cfg.items() if k in ("text_config", "vision_config") or
-                                   k.endswith("token_id")})
     torch.manual_seed(1)
-    base = Qwen2_5_VLForConditionalGeneration(qwen_cfg).eval()
+    base = Qwen2_5_VLForConditionalGeneration(plain_qwen_config(tiny_config(processor.tokenizer))).eval()
     base.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
     model = PointCopyForConditionalGeneration.from_pretrained(tmp_path).eval()

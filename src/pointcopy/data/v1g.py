@@ -477,6 +477,8 @@ def expand_regions(
     offset: int = 0,
     keep_key: bool = False,
     exact: bool = False,
+    occurrences: str = "all",
+    box_text: bool = True,
 ) -> str:
     """Replace every occurrence of each region key by ``<region>[box]<|copy_k|>...</region>`` (official rule).
 
@@ -489,6 +491,10 @@ def expand_regions(
         offset: added to every slot ``k`` (slots of this image start after the sample's earlier images).
         keep_key: write ``key`` + region instead of replacing the key (the ``<objN><region>`` form of outputs).
         exact: rational box -> cell arithmetic instead of the official float rule (see ``geometry``).
+        occurrences: ``"all"`` (official: every mention re-copies) or ``"first"`` (only a key's first occurrence
+            gets the region; later mentions stay plain keys).
+        box_text: write the ``[x0, y0, x1, y1]`` box text before the copies (official
+            ``prepend_raw_region_to_text=True``); ``False`` gives ``<region><|copy_k|>...</region>``.
     Returns:
         The expanded text. Raises ``ValueError`` if a key does not occur in ``text``.
 
@@ -496,6 +502,8 @@ def expand_regions(
     longest key first at each position, so a key that is a substring of another key, or of an already inserted
     region, cannot be replaced twice. For keys that are not substrings of each other the result is identical.
     """
+    if occurrences not in ("all", "first"):
+        raise ValueError(f"occurrences must be 'all' or 'first', got {occurrences!r}")
     grid = grid if grid is not None else MergedGrid.for_image(image_size)
     rendered: dict[str, str] = {}
     for key, box in regions_px.items():
@@ -504,9 +512,19 @@ def expand_regions(
         if key not in text:
             raise ValueError(f"region key {key!r} not found in the text")
         cells = geometry.box_to_cells(box, image_size, grid, exact=exact)
-        region = Region(geometry.normalize_box(box, image_size), tuple(offset + k for k in cells))
+        region = Region(geometry.normalize_box(box, image_size) if box_text else None,
+                        tuple(offset + k for k in cells))
         rendered[key] = (key if keep_key else "") + render([region])
     if not rendered:
         return text
     pattern = re.compile("|".join(re.escape(k) for k in sorted(rendered, key=len, reverse=True)))
-    return pattern.sub(lambda m: rendered[m.group()], text)
+    seen: set[str] = set()
+
+    def replace(m: re.Match) -> str:
+        key = m.group()
+        if occurrences == "first" and key in seen:
+            return key
+        seen.add(key)
+        return rendered[key]
+
+    return pattern.sub(replace, text)

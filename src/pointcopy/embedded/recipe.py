@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..data.shapes.scene import SceneConfig
+from ..data.shapes.traces import COPY_BOX_TEXT, REGION_RENDER
 
 PRESET = "shapes-tiny"
 
@@ -76,7 +77,10 @@ def train_variant(root: str | Path, recipe: ShapesRecipe = ShapesRecipe(), varia
                        vision_lr_scale=recipe.vision_lr_scale, warmup_ratio=recipe.warmup_ratio,
                        lr_scheduler=recipe.lr_scheduler, weight_decay=0.0, seed=seed,
                        save_steps=max(50, recipe.steps // 6), save_total_limit=1, logging_steps=50,
-                       region_key_mode="keep", max_side=None, threads=recipe.threads, progress=progress,
+                       # regions rendered exactly as the shapes world defines them (data.shapes.traces)
+                       region_key_mode="keep" if REGION_RENDER["keep_key"] else "replace",
+                       region_occurrences=REGION_RENDER["occurrences"], box_text=COPY_BOX_TEXT,
+                       max_side=None, threads=recipe.threads, progress=progress,
                        require_object_regions=variant == "copy",
                        model_overrides=dict(recipe.preset_overrides)))
     return out / "final"

@@ -52,6 +52,8 @@ class TrainOptions:
     bf16: str = "auto"  # auto | yes | no
     label_policy: str = "assistant"
     region_key_mode: str = "replace"
+    region_occurrences: str = "all"
+    box_text: bool = True
     max_side: int | None = 672
     max_length: int | None = None
     require_object_regions: bool = True  # v1g validation: every <objN> needs a region (off for text-only controls)
@@ -118,6 +120,7 @@ def train(options: TrainOptions) -> dict:
         model = _apply_lora(model, options)
     collator = GroundedCollator(processor, label_policy=options.label_policy,
                                 region_key_mode=options.region_key_mode, max_side=options.max_side,
+                                region_occurrences=options.region_occurrences, box_text=options.box_text,
                                 max_length=options.max_length)
     validation = {"require_object_regions": options.require_object_regions}
     train_set = V1GDataset(options.train_data, bad_log=out / "bad_records.jsonl", **validation)

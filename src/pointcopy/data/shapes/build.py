@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from pointcopy.data.v1g import IMAGE_PREFIX, V1GRecord, expand_regions, write_v1g
+from pointcopy.data.v1g import IMAGE_PREFIX, V1GRecord, write_v1g
+from pointcopy.jsonl import drop_partial_last_line
 
 from .questions import FAMILIES, Question, sample_question
 from .scene import Scene, SceneConfig, generate_scene, render
-from .traces import VARIANTS, variants
-from pointcopy.jsonl import drop_partial_last_line
+from .traces import VARIANTS, model_text, variants
 
 __all__ = ["Item", "item_id", "make_item", "item_record", "item_row", "png_bytes", "build_split", "read_items",
            "trace_lengths"]
@@ -87,9 +87,7 @@ def trace_lengths(item: Item, tokenizer) -> dict[str, int]:
 
     out = {}
     for v, (text, regs) in variants(item.scene, item.question).items():
-        if regs:
-            text = expand_regions(text, regs, item.scene.size, keep_key=True)
-        out[v] = len(encode_with_pointers(tokenizer, text, len(tokenizer)))
+        out[v] = len(encode_with_pointers(tokenizer, model_text(text, regs, item.scene.size), len(tokenizer)))
     return out
 
 

@@ -24,8 +24,8 @@ Layout of the ``copy`` variant (before the processor's region expansion)::
 
 Variants of one item (:func:`variants`), differing only in region markup:
 
-* ``copy``: the text above, ``regions = {"<objN>": pixel box}``; the processor expands every ``<objN>`` with
-  ``expand_regions(..., keep_key=True)`` into ``<objN><region>[x0, y0, x1, y1]<|copy_k|>...</region>``.
+* ``copy``: the text above, ``regions = {"<objN>": pixel box}``; the trainer expands each object's first
+  ``<objN>`` into ``<objN><region><|copy_k|>...</region>`` (see ``REGION_RENDER``, ``COPY_BOX_TEXT``).
 * ``coord``: that expansion with the copy tokens removed (``<objN><region>[box]</region>``), ``regions = {}``.
 * ``nocopy``: the text above (no ``<region>`` at all), ``regions = {}``.
 """
@@ -122,9 +122,22 @@ def strip_copies(text: str) -> str:
     return _COPY_RE.sub("", text)
 
 
+# How this world renders regions. The trainer's collator takes the same settings (`embedded.recipe`):
+# `<objN><region>...</region>` at an object's *first* mention (the enumeration) only -- later mentions are bare ids
+# (a re-copy there comes after the decision it could inform and doubles the sequence) -- and, in the copy
+# variant, pointers without box text, so that copy and coord differ only in *how* a region is referenced.
+REGION_RENDER = {"keep_key": True, "occurrences": "first"}
+COPY_BOX_TEXT = False
+
+
+def model_text(text: str, regs: dict[str, list[int]], size: tuple[int, int]) -> str:
+    """The assistant text as the model sees it (regions expanded as the trainer expands them)."""
+    return expand_regions(text, regs, size, box_text=COPY_BOX_TEXT, **REGION_RENDER) if regs else text
+
+
 def variants(scene: Scene, q: Question) -> dict[str, tuple[str, dict[str, list[int]]]]:
     """``{variant: (assistant text, regions)}`` for ``copy``, ``coord`` and ``nocopy``."""
     text = trace_text(scene, q)
     regs = regions(scene)
-    coord = strip_copies(expand_regions(text, regs, scene.size, keep_key=True))
+    coord = strip_copies(expand_regions(text, regs, scene.size, box_text=True, **REGION_RENDER))
     return {"copy": (text, regs), "coord": (coord, {}), "nocopy": (text, {})}

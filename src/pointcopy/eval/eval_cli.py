@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 from pointcopy.eval import data, mathvista, runner, safe_math, score_cli
-from pointcopy.eval.report import breakdown_counts, write_report
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -93,11 +92,6 @@ def score_run(args, bench: data.Benchmark, rows: list[dict]) -> tuple[int, int, 
     order = {k: n for n, k in enumerate(bench.items)}
     items.sort(key=lambda it: order.get(it["id"], len(order)))
     errors.sort(key=lambda e: order.get(e["id"], len(order)))
-    data.write_jsonl(args.out / "items.jsonl", items)
-    for name, obj in (("summary.json", summary), ("summary_strict.json", strict_summary)):
-        (args.out / name).write_text(json.dumps(obj, indent=4, ensure_ascii=False) + "\n", encoding="utf-8")
-    n_ok = sum(1 for it in items if it.get("correct"))
-    n_strict = sum(1 for it in items if it.get("strict_correct"))
     settings = json.loads((args.out / runner.RUN_JSON).read_text(encoding="utf-8"))["settings"]
     profile = {**settings, "items in predictions": len(rows), "items in split": len(bench),
                "generation errors": len(failed)}
@@ -109,9 +103,10 @@ def score_run(args, bench: data.Benchmark, rows: list[dict]) -> tuple[int, int, 
                      f"scored, and the official-format summary.json covers only the {len(generated)} generated items")
     if timeouts:
         notes.append(f"{timeouts} math evaluations hit the {args.timeout:g} s limit and counted as not equal")
-    write_report(args.out / "report.md", benchmark=args.benchmark, predictions=str(args.out / runner.PREDICTIONS),
-                 profile=profile, official_correct=n_ok, strict_correct=n_strict, total=len(items),
-                 breakdown={k: breakdown_counts(v) for k, v in groups.items()}, errors=errors, notes=notes)
+    n_ok, n_strict = score_cli.write_outputs(args.out, benchmark=args.benchmark,
+                                             predictions=str(args.out / runner.PREDICTIONS), items=items,
+                                             summary=summary, strict_summary=strict_summary, groups=groups,
+                                             errors=errors, profile=profile, notes=notes)
     return n_ok, n_strict, len(items)
 
 

@@ -187,6 +187,21 @@ def score_mathverse(args, bench, preds, ev):
 _ID_KEYS = {"mathvision": "id", "mathvista": "pid", "mathverse": "sample_index|pid"}
 
 
+def write_outputs(out, *, benchmark: str, predictions: str, items, summary, strict_summary, groups, errors,
+                  profile: dict, notes: list[str]) -> tuple[int, int]:
+    """items.jsonl, summary.json (official layout), summary_strict.json and report.md; returns the official and
+    strict correct counts. Shared by `pointcopy score` and `pointcopy eval`."""
+    data.write_jsonl(out / "items.jsonl", items)
+    for name, obj in (("summary.json", summary), ("summary_strict.json", strict_summary)):
+        (out / name).write_text(json.dumps(obj, indent=4, ensure_ascii=False) + "\n", encoding="utf-8")
+    n_ok = sum(1 for it in items if it.get("correct"))
+    n_strict = sum(1 for it in items if it.get("strict_correct"))
+    write_report(out / "report.md", benchmark=benchmark, predictions=predictions, profile=profile,
+                 official_correct=n_ok, strict_correct=n_strict, total=len(items),
+                 breakdown={k: breakdown_counts(v) for k, v in groups.items()}, errors=errors, notes=notes)
+    return n_ok, n_strict
+
+
 def run(args) -> int:
     try:
         bench = data.load(args.benchmark, args.data, args.split)
@@ -205,13 +220,6 @@ def run(args) -> int:
             print(f"pointcopy score: {exc}", file=sys.stderr)
             return 2
         raise
-    data.write_jsonl(args.out / "items.jsonl", items)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=4, ensure_ascii=False) + "\n",
-                                           encoding="utf-8")
-    (args.out / "summary_strict.json").write_text(json.dumps(strict_summary, indent=4, ensure_ascii=False) + "\n",
-                                                  encoding="utf-8")
-    n_ok = sum(1 for it in items if it.get("correct"))
-    n_strict = sum(1 for it in items if it.get("strict_correct"))
     profile = {"benchmark": args.benchmark, "split": bench.split, "items in predictions": len(preds),
                "items in split": len(bench), "official-compatible scorer": {
                    "mathvision": f"MATH-V evaluate.py rules, math backend {args.math_backend}",
@@ -222,9 +230,9 @@ def run(args) -> int:
         notes.append(f"predictions cover {len(preds)} of {len(bench)} items; totals are over the predictions")
     if timeouts:
         notes.append(f"{timeouts} math evaluations hit the {args.timeout:g} s limit and counted as not equal")
-    write_report(args.out / "report.md", benchmark=args.benchmark, predictions=str(args.predictions),
-                 profile=profile, official_correct=n_ok, strict_correct=n_strict, total=len(items),
-                 breakdown={k: breakdown_counts(v) for k, v in groups.items()}, errors=errors, notes=notes)
+    n_ok, n_strict = write_outputs(args.out, benchmark=args.benchmark, predictions=str(args.predictions),
+                                   items=items, summary=summary, strict_summary=strict_summary, groups=groups,
+                                   errors=errors, profile=profile, notes=notes)
     print(f"{args.benchmark}: official-compatible {n_ok}/{len(items)}, strict {n_strict}/{len(items)}, "
           f"{len(errors)} items not scored -> {args.out}")
     return 0

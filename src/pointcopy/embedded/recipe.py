@@ -32,6 +32,7 @@ class ShapesRecipe:
     batch_size: int = 16
     learning_rate: float = 2e-3
     vision_lr_scale: float = 0.5
+    freeze: str | None = r"model\.visual\.patch_embed\."  # keep the random patch embedding's colour features
     warmup_ratio: float = 0.05
     lr_scheduler: str = "cosine"
     threads: int = 2
@@ -74,7 +75,8 @@ def train_variant(root: str | Path, recipe: ShapesRecipe = ShapesRecipe(), varia
         return out / "final"
     train(TrainOptions(model=PRESET, train_data=[str(data)], output_dir=str(out), max_steps=recipe.steps,
                        batch_size=recipe.batch_size, learning_rate=recipe.learning_rate,
-                       vision_lr_scale=recipe.vision_lr_scale, warmup_ratio=recipe.warmup_ratio,
+                       vision_lr_scale=recipe.vision_lr_scale, freeze=recipe.freeze,
+                       warmup_ratio=recipe.warmup_ratio,
                        lr_scheduler=recipe.lr_scheduler, weight_decay=0.0, seed=seed,
                        save_steps=max(50, recipe.steps // 6), save_total_limit=1, logging_steps=50,
                        # regions rendered exactly as the shapes world defines them (data.shapes.traces)

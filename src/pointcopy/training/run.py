@@ -33,6 +33,7 @@ class TrainOptions:
     learning_rate: float = 3e-4
     vision_lr_scale: float = 1.0
     freeze_vision: bool = False
+    freeze: str | None = None  # regex of parameter names to freeze, e.g. "model\.visual\.patch_embed"
     warmup_ratio: float = 0.03
     lr_scheduler: str = "linear"
     weight_decay: float = 0.0
@@ -116,6 +117,15 @@ def train(options: TrainOptions) -> dict:
     if options.freeze_vision:
         for p in model.model.visual.parameters():
             p.requires_grad_(False)
+    if options.freeze:
+        import re
+
+        frozen = [n for n, p in model.named_parameters() if re.search(options.freeze, n)]
+        if not frozen:
+            raise ValueError(f"--freeze {options.freeze!r} matches no parameter")
+        for n, p in model.named_parameters():
+            if n in frozen:
+                p.requires_grad_(False)
     if options.lora:
         model = _apply_lora(model, options)
     collator = GroundedCollator(processor, label_policy=options.label_policy,

@@ -54,7 +54,7 @@ def overlay(image: Image.Image, answer: GroundedAnswer, image_index: int = 0, sc
 
 
 def trace_html(answer: GroundedAnswer) -> str:
-    """The trace as HTML: every region becomes a highlighted chip `[box] ⧉ n cells`, hover shows the cells."""
+    """The trace as HTML: every region becomes a highlighted chip `[box] copy ×n`, hover shows the cells."""
     out, pos, n = [], 0, 0
     text = answer.text
     regions = iter(answer.regions)
@@ -68,7 +68,7 @@ def trace_html(answer: GroundedAnswer) -> str:
         box = re.match(r"\s*(\[[^\]]*\])", body)
         copies = COPY_TOKEN_RE.findall(body)
         cells = ", ".join(f"({r},{c})" for _, r, c in region.cells) if region is not None else ""
-        label = f"{box.group(1) if box else ''} &#x29C9; {len(copies)} cell{'s' if len(copies) != 1 else ''}"
+        label = f"{box.group(1) + ' ' if box else ''}copy &times;{len(copies)}"
         out.append(f'<span class="region" style="border-color:{colour};background:{colour}22" '
                    f'title="copied cells (row,col): {html.escape(cells)}" data-obj="{obj}">{label}</span>')
         pos = m.end()

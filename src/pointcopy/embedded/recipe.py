@@ -28,11 +28,14 @@ class ShapesRecipe:
     test_seed: int = 2
     min_objects: int = 3
     max_objects: int = 8
-    steps: int = 900
+    steps: int = 2000  # ~9.2 min on 2 cores (measured 554 s); see README for the held-out metrics
     batch_size: int = 16
-    learning_rate: float = 2e-3
+    learning_rate: float = 3e-3
     vision_lr_scale: float = 0.5
-    freeze: str | None = r"model\.visual\.patch_embed\."  # keep the random patch embedding's colour features
+    # Freeze the (randomly initialised) vision tower: a linear probe reads colour from its merger output at 0.88,
+    # but after training it with the LM only at 0.47 -- the pointer and answer losses wash colour out (attribute
+    # accuracy 0.14 trained vs 0.72 frozen, same budget). Also ~15% faster per step.
+    freeze: str | None = r"model\.visual\."
     warmup_ratio: float = 0.05
     lr_scheduler: str = "cosine"
     threads: int = 2

@@ -43,7 +43,7 @@ __all__ = [
     "DEFAULT_LENGTH_EDGES",
 ]
 
-DEFAULT_LENGTH_EDGES = (250, 350, 450, 550)
+DEFAULT_LENGTH_EDGES = (100, 125, 150)  # copy-variant trace tokens: median ~117, max ~181 (3-8 objects)
 ENUM_QUERY = "object"  # = pointcopy.data.shapes.traces.ENUM_QUERY (not imported: that module pulls in PIL paths)
 
 _WORDS = {

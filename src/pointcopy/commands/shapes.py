@@ -24,7 +24,9 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument("--preset-overrides", type=json.loads, default={},
                                 help="JSON object of model config fields")
             continue
-        parser.add_argument("--" + f.name.replace("_", "-"), type=hints[f.name], default=f.default)
+        hint = hints[f.name]
+        base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)  # Optional[X] -> X
+        parser.add_argument("--" + f.name.replace("_", "-"), type=base, default=f.default)
 
 
 def recipe_from(args):

@@ -1,0 +1,25 @@
+"""The recipe commands parse every recipe field (Optional fields included) into the same ShapesRecipe."""
+
+from __future__ import annotations
+
+import argparse
+
+from pointcopy.commands import ablate, shapes
+from pointcopy.embedded.recipe import ShapesRecipe
+
+
+def _parse(module, argv):
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_shapes_defaults_are_the_recipe():
+    assert shapes.recipe_from(_parse(shapes, ["eval"])) == ShapesRecipe()
+
+
+def test_ablate_flags_and_optional_fields():
+    args = _parse(ablate, ["--freeze", "model\\\\.visual\\\\.merger", "--steps", "10", "--seeds", "4", "5"])
+    recipe = shapes.recipe_from(args)
+    assert recipe.freeze == "model\\\\.visual\\\\.merger" and recipe.steps == 10 and args.seeds == [4, 5]
+    assert shapes.recipe_from(_parse(ablate, [])).steps == ablate.ABLATION_DEFAULTS["steps"]

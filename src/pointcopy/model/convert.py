@@ -51,14 +51,6 @@ def read_config_dict(path: str | os.PathLike, **hub_kwargs) -> dict:
     return json.loads(Path(cached_file(str(path), "config.json", **hub_kwargs)).read_text())
 
 
-def _sanitize_token_ids(d: dict) -> dict:
-    # Qwen's class default bos (151643) is meaningless for small vocabularies; drop out-of-range special ids.
-    vocab = d.get("vocab_size") or (d.get("text_config") or {}).get("vocab_size")
-    if vocab and d.get("bos_token_id") is None:
-        d["bos_token_id"] = None
-    return d
-
-
 def config_from_official(d: dict, **overrides) -> PointCopyConfig:
     """Map an official v1 `config.json` dict (flat, transformers 4.5x) onto PointCopyConfig."""
     d = dict(d)
@@ -73,7 +65,9 @@ def config_from_official(d: dict, **overrides) -> PointCopyConfig:
     if "torch_dtype" in d:
         d["dtype"] = d.pop("torch_dtype")
     d["label_smoothing"] = float(d.get("label_smoothing") or 0.0)
-    d = _sanitize_token_ids(d)
+    # official configs have no bos; without this the Qwen class default (151643) would be used, which lies outside
+    # small vocabularies such as the oracle's
+    d.setdefault("bos_token_id", None)
     d.update(overrides)
     return PointCopyConfig(**d)
 

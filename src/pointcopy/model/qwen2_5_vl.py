@@ -117,10 +117,9 @@ class PointCopyForConditionalGeneration(PointCopyMixin, Qwen2_5_VLForConditional
             raise ValueError("inputs_embeds is not supported: pass input_ids (pointer ids select copied embeddings)")
         if pixel_values_videos is not None or video_grid_thw is not None:
             raise NotImplementedError("videos are not supported by point-and-copy yet")
-        kwargs.pop("past_key_values", None) if cache is not None else None
-        if cache is None and "past_key_values" in kwargs:
-            cache = kwargs.pop("past_key_values")
-        kwargs.pop("mm_encoder_outputs", None)
+        legacy_cache = kwargs.pop("past_key_values", None)  # the pre-5.x name of `cache`
+        cache = cache if cache is not None else legacy_cache
+        kwargs.pop("mm_encoder_outputs", None)  # images are encoded here, from pixel_values
         return self.point_copy_forward(input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                        cache=cache, labels=labels, use_cache=use_cache, pixel_values=pixel_values,
                                        image_grid_thw=image_grid_thw, mm_token_type_ids=mm_token_type_ids,

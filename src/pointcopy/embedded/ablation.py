@@ -47,7 +47,7 @@ def seed_interval(values: list[float]) -> tuple[float, float, float]:
     if len(values) < 2:
         return mean, mean, mean
     half = T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
-    return mean, mean - half, mean + half
+    return mean, max(0.0, mean - half), min(1.0, mean + half)  # accuracies live in [0, 1]
 
 
 def _pooled(results: list[dict], field: str) -> dict[str, dict]:
@@ -149,9 +149,10 @@ def plot(summary: dict, path: Path) -> None:
     families = sorted({k for c in conds.values() for k in c["by_family"]})
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [1, 2.2]})
     keys = list(conds)
+    colours = ["#4363d8", "#9db4f0", "#f58231", "#3cb44b"]
     means = [conds[k]["accuracy"] for k in keys]
     errs = [[m - conds[k]["ci95"][0] for k, m in zip(keys, means)], [conds[k]["ci95"][1] - m for k, m in zip(keys, means)]]
-    axes[0].bar(range(len(keys)), means, yerr=errs, capsize=4, color=["#4363d8", "#9db4f0", "#f58231", "#3cb44b"])
+    axes[0].bar(range(len(keys)), means, yerr=errs, capsize=4, color=colours)
     axes[0].set_xticks(range(len(keys)), [f"({k})" for k in keys])
     axes[0].set_ylim(0, 1)
     axes[0].set_ylabel("answer accuracy")
@@ -163,7 +164,7 @@ def plot(summary: dict, path: Path) -> None:
         lo = [a - c["ci95"][0] if c else 0 for a, c in zip(acc, cells)]
         hi = [c["ci95"][1] - a if c else 0 for a, c in zip(acc, cells)]
         axes[1].bar([j + i * width for j in range(len(families))], acc, width, yerr=[lo, hi], capsize=2,
-                    label=f"({k}) {conds[k]['label']}")
+                    color=colours[i % len(colours)], label=f"({k}) {conds[k]['label']}")
     axes[1].set_xticks([j + width * (len(keys) - 1) / 2 for j in range(len(families))], families)
     axes[1].set_ylim(0, 1)
     axes[1].set_title("by question family (Wilson 95% CI, pooled seeds)")

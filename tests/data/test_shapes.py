@@ -12,7 +12,8 @@ from pointcopy import trace as T
 from pointcopy.data.shapes import FAMILIES, build_split, generate_scene, make_item, read_items, render
 from pointcopy.data.shapes.build import item_record, png_bytes
 from pointcopy.data.shapes.scene import CELL, SceneConfig
-from pointcopy.data.shapes.traces import model_text, regions, strip_copies, trace_text, variants
+from pointcopy.data.shapes.traces import (canonical_words, describe, model_text, regions, strip_copies, trace_text,
+                                          variants)
 from pointcopy.data.v1g import expand_regions, read_v1g, validate_record
 from pointcopy.geometry import MergedGrid, box_to_cells
 
@@ -126,16 +127,29 @@ def test_variants_differ_only_in_region_markup():
         assert "<region>" not in v["nocopy"][0] and v["coord"][0].count("<region>") == expanded.count("<region>")
 
 
-def test_trace_steps_quote_the_question_and_list_gt_objects():
+def test_trace_plans_quoted_steps_and_marks_every_object_locally():
     for it in ITEMS[:80]:
-        text = trace_text(it.scene, it.question)
-        for st in it.question.steps:
-            assert st.query in it.question.text
-            if st.objects:
-                objs = ", ".join(f'"<obj{i}>"' for i in st.objects)
-                assert f'detect(query="{st.query}", objects=[{objs}])' in text
-            else:
-                assert f"\nNo {st.query}" in text
+        q, scene = it.question, it.scene
+        lines = trace_text(scene, q).split("\n")
+        # Plan: each step's phrase, verbatim from the question, then its canonical words.
+        assert lines[0] == "Find: " + "; ".join(f"{s.query} = {canonical_words(s.filter)}" for s in q.steps) + "."
+        assert all(s.query in q.text for s in q.steps)
+        running = [0] * len(q.steps)
+        for o, line in zip(scene.objects, lines[1:]):
+            words, marks = line.split(": ")
+            assert words.endswith(describe(o))
+            for i, (mark, s) in enumerate(zip(marks.split(", "), q.steps)):
+                hit = o.id in s.objects
+                running[i] += hit
+                assert mark == f"{'yes' if hit else 'no'} {running[i]}", (it.id, line)
+                # the mark is decidable from the line alone: canonical words contained in the object's words
+                contained = set(canonical_words(s.filter).split()) <= set(describe(o).split())
+                removed_earlier = q.family == "subtraction" and any(o.id in p.objects for p in q.steps[:i])
+                assert hit == (contained and not removed_earlier), (it.id, line)
+        steps_text = "\n".join(lines[len(scene.objects) + 2:])
+        for s, k in zip(q.steps, running):
+            stated = f"{s.query}: <obj{s.objects[0]}>." if q.family == "attribute" else f"{s.query}: {k}."
+            assert stated in steps_text
 
 
 def test_records_validate_and_split_resumes(tmp_path):

@@ -16,7 +16,7 @@ ITEMS = [make_item(11, i) for i in range(40)]
 ROWS = [item_row(it) for it in ITEMS]
 PERFECT_FIELDS = ("answer_accuracy", "pointer_precision", "pointer_recall", "region_iou",
                   "object_count_accuracy", "attribute_accuracy", "step_query_accuracy", "step_objects_accuracy",
-                  "step_accuracy")
+                  "step_accuracy", "step_count_accuracy")
 
 
 def texts(variant: str = "copy") -> dict[str, str]:
@@ -96,15 +96,22 @@ def test_box_text_and_attributes_and_steps():
     t = texts()
     it = next(i for i in ITEMS if i.question.steps[0].objects)
     q = it.question.steps[0].query
-    t[it.id] = t[it.id].replace(f'detect(query="{q}"', 'detect(query="wrong things"', 1)
-    _only_lower(t, "step_query_accuracy", "step_accuracy")
+    t[it.id] = t[it.id].replace(f"Find: {q} =", "Find: wrong things =", 1)  # the plan line names the steps
+    _only_lower(t, "step_query_accuracy", "step_accuracy", "step_count_accuracy")
 
     t = texts()
     it = next(i for i in ITEMS if i.question.steps[0].objects and len(i.scene.objects) > len(i.question.steps[0].objects))
     missing = next(o.id for o in it.scene.objects if o.id not in it.question.steps[0].objects)
-    step_q = re.escape(it.question.steps[0].query)
-    t[it.id] = re.sub(rf'(detect\(query="{step_q}", objects=\[)', rf'\1"<obj{missing}>", ', t[it.id], count=1)
+    # Mark a non-matching object "yes" for step 1: its object set changes, nothing else.
+    t[it.id] = re.sub(rf"(<obj{missing}><region>[^\n]*?: )no", r"\1yes", t[it.id], count=1)
     _only_lower(t, "step_objects_accuracy", "step_accuracy")
+
+    t = texts()
+    it = next(i for i in ITEMS if i.question.family in ("count", "subtraction"))
+    step_q = re.escape(it.question.steps[0].query)
+    t[it.id] = re.sub(rf"^({step_q}): (\d+)\.", lambda m: f"{m.group(1)}: {int(m.group(2)) + 1}.", t[it.id], count=1,
+                      flags=re.M)
+    _only_lower(t, "step_count_accuracy")
 
 
 def test_broken_output_is_scored_not_fatal():

@@ -18,10 +18,12 @@ Per item (:func:`score_item`) and aggregated (:func:`aggregate`, :func:`evaluate
   whole 28-px cells); also the IoU of its box text with the best ground-truth box rounded to the trace's two
   decimals. Ties between ground-truth objects go to the object with the generated id.
 * enumeration: object count right (``There are N objects.``) and attribute words right per object.
-* steps ("detect-query correctness"): the i-th generated question step (``detect(query=...)`` after the count line, or ``No ...``
-  line) vs the i-th ground-truth step: query string equal to the question's phrase, object set equal to the
-  ground-truth set. Generated object ids are mapped to ground-truth objects by their region (copied cells,
-  else box text, best IoU) and, without regions (``nocopy``), by id (traces enumerate in raster order).
+* steps ("detect-query correctness"): the i-th phrase of the plan line (``Find: <phrase> = <words>; ...``) equal
+  to the i-th ground-truth step's phrase, and the step's object set -- the enumerated objects marked ``yes`` in
+  mark slot i -- equal to the ground-truth set (for a second subtraction hop: the matches still left). Generated
+  object ids are mapped to ground-truth objects by their region (copied cells, else box text, best IoU) and,
+  without regions (``nocopy``), by id (traces enumerate in raster order). Also the step's stated count
+  (``<phrase>: k.``) against the ground-truth count.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ __all__ = [
     "DEFAULT_LENGTH_EDGES",
 ]
 
-DEFAULT_LENGTH_EDGES = (100, 125, 150)  # copy-variant trace tokens: median ~117, max ~181 (3-8 objects)
+DEFAULT_LENGTH_EDGES = (125, 150, 175)  # copy-variant trace tokens: quartiles ~124 / 153 / 177, max ~230 (3-8 objects)
 ENUM_QUERY = "object"  # = pointcopy.data.shapes.traces.ENUM_QUERY (not imported: that module pulls in PIL paths)
 
 _WORDS = {
@@ -63,10 +65,11 @@ _WORDS = {
 _NUMBER_WORDS = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}
 _ANSWER_RE = re.compile(r"Answer:[ \t]*([^\n]*)")
 _REGION_SPAN = re.compile(r"<region>.*?(?:</region>|$)", re.S)
-_STEP_RE = re.compile(r'^detect\(query="([^"]*)", objects=\[(.*?)\]\)', re.M)
-_NONE_RE = re.compile(r"^No (.+?)( left)?\.(?= |$)", re.M)
+_PLAN_RE = re.compile(r"^Find: ([^\n]*?)\.?$", re.M)
+_MARK_RE = re.compile(r"\b(yes|no)\b")
 _OBJ_RE = re.compile(r"<obj(\d+)>")
-_ENUM_RE = re.compile(r'^detect\(query="object", objects=\["<obj(\d+)>"\]\) ([^\n]*)$', re.M)
+# An enumeration line: id, attribute words, then the per-step marks after ":" (absent if generation stopped early).
+_ENUM_RE = re.compile(r'^detect\(query="object", objects=\["<obj(\d+)>"\]\) ([^\n:]*)(?::([^\n]*))?$', re.M)
 _COUNT_RE = re.compile(r"^There (?:are (\d+) objects|is (1) object)\.", re.M)
 _MATERIAL_WORD = {"metal": "shiny", "rubber": "matte"}
 
@@ -131,19 +134,31 @@ def _best(box, boxes: Mapping[int, Sequence[float]], prefer: int) -> tuple[float
     return best, arg
 
 
-def _generated_steps(plain: str) -> list[tuple[str, list[int]]]:
-    """``(query, object ids)`` of every question step, in text order, from region-free text.
+def _generated_steps(plain: str) -> list[tuple[str, list[int], int | None]]:
+    """``(phrase, object ids marked yes, stated count)`` per planned step, from region-free text.
 
-    Steps are the ``detect`` calls after the enumeration: after the count line, else after the last
-    enumeration line (so a step whose phrase happens to be "object" is not taken for the enumeration).
+    Phrases come from the plan line, marks from the enumeration lines (slot i = step i), counts from the step
+    lines after the object count (``<phrase>: k.``, or ``<phrase>: <objN>.`` = 1, matched in plan order).
     """
+    plan = _PLAN_RE.search(plain)
+    if not plan:
+        return []
+    phrases = [seg.split(" = ")[0].strip() for seg in plan.group(1).split("; ")]
+    chosen: list[list[int]] = [[] for _ in phrases]
+    for m in _ENUM_RE.finditer(plain):
+        for i, mark in enumerate(_MARK_RE.findall(m.group(3) or "")[: len(phrases)]):
+            if mark == "yes":
+                chosen[i].append(int(m.group(1)))
     count = _COUNT_RE.search(plain)
-    enum = list(_ENUM_RE.finditer(plain))
-    start = count.end() if count else (enum[-1].end() if enum else 0)
-    found = [(m.start(), m.group(1), [int(x) for x in _OBJ_RE.findall(m.group(2))])
-             for m in _STEP_RE.finditer(plain, start)]
-    found += [(m.start(), m.group(1), []) for m in _NONE_RE.finditer(plain, start)]
-    return [(q, ids) for _, q, ids in sorted(found)]
+    tail = plain[count.end():] if count else ""
+    stated: list[int | None] = []
+    pos = 0
+    for ph in phrases:
+        # "<phrase>: k." states a count; an attribute question's "<phrase>: <objN>." names its one object.
+        m = re.compile(r"^" + re.escape(ph) + r": (?:(\d+)|<obj\d+>)\.", re.M).search(tail, pos)
+        stated.append((int(m.group(1)) if m.group(1) else 1) if m else None)
+        pos = m.end() if m else pos
+    return list(zip(phrases, chosen, stated))
 
 
 def score_item(text: str, item: Mapping[str, Any]) -> dict:
@@ -183,16 +198,17 @@ def score_item(text: str, item: Mapping[str, Any]) -> dict:
     count_pred = int(cm.group(1) or cm.group(2)) if cm else None
 
     gen_steps = _generated_steps(plain)
-    q_ok = o_ok = s_ok = 0
+    q_ok = o_ok = s_ok = c_ok = 0
     for i, st in enumerate(item["steps"]):
         if i >= len(gen_steps):
             continue
-        q, ids = gen_steps[i]
+        q, ids, stated = gen_steps[i]
         good_q = q == st["query"]
         good_o = {mapping.get(j, j) for j in ids} == set(st["objects"])
         q_ok += good_q
         o_ok += good_o
         s_ok += good_q and good_o
+        c_ok += stated == len(st["objects"])
     return {
         "id": item["id"],
         "family": item["family"],
@@ -215,6 +231,7 @@ def score_item(text: str, item: Mapping[str, Any]) -> dict:
         "steps_query_correct": q_ok,
         "steps_objects_correct": o_ok,
         "steps_correct": s_ok,
+        "steps_count_correct": c_ok,
         "parse_problems": len(parsed.problems),
     }
 
@@ -276,6 +293,7 @@ def aggregate(scores: Sequence[dict], length_edges: Sequence[int] = DEFAULT_LENG
         "step_query_accuracy": _ratio(tot("steps_query_correct"), tot("steps")),
         "step_objects_accuracy": _ratio(tot("steps_objects_correct"), tot("steps")),
         "step_accuracy": _ratio(tot("steps_correct"), tot("steps")),
+        "step_count_accuracy": _ratio(tot("steps_count_correct"), tot("steps")),
         "parse_problem_rate": sum(s["parse_problems"] > 0 for s in scores) / len(scores),
     }
 
@@ -318,7 +336,8 @@ def format_markdown(result: Mapping[str, Any], title: str | None = None) -> str:
     """Markdown tables of an :func:`aggregate` / :func:`evaluate` result."""
     keys = ["n", "answer_accuracy", "answer_missing", "pointer_precision", "pointer_recall", "pointers_per_item",
             "region_iou", "box_text_iou", "object_count_accuracy", "attribute_accuracy", "attribute_coverage",
-            "step_query_accuracy", "step_objects_accuracy", "step_accuracy", "parse_problem_rate"]
+            "step_query_accuracy", "step_objects_accuracy", "step_accuracy", "step_count_accuracy",
+            "parse_problem_rate"]
     lines = [f"### {title}", ""] if title else []
     lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {_fmt(result.get(k))} |" for k in keys if k in result]
     for key, label in (("accuracy_by_family", "family"), ("accuracy_by_objects", "objects"),

@@ -2,25 +2,28 @@
 
 Layout of the ``copy`` variant (before the processor's region expansion)::
 
-    detect(query="object", objects=["<obj1>"]) large red shiny cube
-    detect(query="object", objects=["<obj2>"]) small cyan matte sphere
-    ...                                      (every object, raster order: copy first, then its attributes)
+    Find: red things = red; tiny matte balls = small matte sphere.
+    detect(query="object", objects=["<obj1>"]) large red shiny cube: yes 1, no 0
+    detect(query="object", objects=["<obj2>"]) small cyan matte sphere: no 1, yes 1
+    ...                              (every object in raster order: copy, attributes, then one mark per step)
     There are 5 objects.
-    detect(query="red things", objects=["<obj1>", "<obj4>"]) 5 - 2 = 3.
-    detect(query="tiny matte balls", objects=["<obj2>"]) 3 - 1 = 2.
+    red things: 2. 5 - 2 = 3.
+    tiny matte balls: 1. 3 - 1 = 2.
     Answer: 2
 
-* The enumeration declares every object with a ``detect`` call and states its four attributes in fixed canonical
-  words (size, colour, ``shiny``/``matte``, shape), so the attributes the answer depends on are supervised right
-  after the object's patches are copied.
-* Question steps re-detect objects already enumerated under the question's own phrase,
-  ``detect(query="<phrase>", objects=["<obj1>", ...])`` (the trace language allows a later ``detect`` to list
-  declared ids), then spell out the arithmetic. Every ``<objN>`` occurrence is expanded, so a step re-copies
-  the patches of the objects it selects.
-* A step with no objects is written ``No purple cylinders. 3 - 0 = 3.`` (``No tiny balls left.`` when the second
-  subtraction hop's matches were all removed by the first). Counting: ``detect(...) 2 red cubes.``, comparison:
-  ``detect(...) 2 cubes.`` / ``detect(...) 1 sphere.`` / ``2 > 1.``, attribute query:
-  ``detect(query="large shiny sphere", objects=["<obj3>"]) It is red.``. Every trace ends ``Answer: X``.
+The trace is written so that every decision a small model has to make is *local*:
+
+* the plan line restates each step's phrase (copied from the question, which it directly follows) in the
+  enumeration's canonical words, so matching an object needs no synonym lookup later;
+* each object's ``detect`` copies its patches and is followed by its four attributes in canonical words (size,
+  colour, ``shiny``/``matte``, shape: the attributes the answer depends on are supervised right after the copy),
+  then one mark per step: ``yes``/``no`` (does the object count for the step: it matches the step's filter and,
+  for a second subtraction hop, was not removed by the first) and the step's running count. Choosing the *set*
+  of matching objects in one go was what an earlier layout (a ``detect`` call per step listing the objects)
+  failed at: 0.1 of steps right, answer accuracy 0.34;
+* step lines read the last running count and spell out the arithmetic; an attribute question names the one
+  matching object and its asked attribute: ``large shiny thing: <obj3>. It is red.``. Every trace ends
+  ``Answer: X``.
 
 Variants of one item (:func:`variants`), differing only in region markup:
 
@@ -36,15 +39,16 @@ import re
 
 from pointcopy.data.v1g import expand_regions
 
-from .questions import Question, Step
+from .questions import ATTR_ORDER, Filter, Question, Step
 from .scene import Scene, SceneObject
 
-__all__ = ["VARIANTS", "STEP_CALL", "ENUM_QUERY", "describe", "object_key", "trace_text", "regions", "variants",
+__all__ = ["VARIANTS", "STEP_CALL", "ENUM_QUERY", "PLAN_PREFIX", "describe", "canonical_words", "object_key", "trace_text", "regions", "variants",
            "strip_copies"]
 
 VARIANTS = ("copy", "coord", "nocopy")
 STEP_CALL = "detect"
 ENUM_QUERY = "object"
+PLAN_PREFIX = "Find: "
 _MATERIAL_WORD = {"metal": "shiny", "rubber": "matte"}
 _COPY_RE = re.compile(r"<\|copy_\d+\|>")
 
@@ -62,47 +66,62 @@ def _call(query: str, ids: tuple[int, ...], name: str) -> str:
     return f'{name}(query="{query}", objects=[' + ", ".join(f'"{object_key(i)}"' for i in ids) + "])"
 
 
-def _step_line(step: Step, tail: str, *, left: bool = False) -> str:
-    if step.objects:
-        return f"{_call(step.query, step.objects, STEP_CALL)} {tail}"
-    return f"No {step.query}{' left' if left else ''}. {tail}"
+def canonical_words(f: Filter) -> str:
+    """A filter in the enumeration's own words, attribute order size colour material shape: ``small matte sphere``."""
+    attrs = dict(f.attrs)
+    return " ".join(_MATERIAL_WORD[attrs[a]] if a == "material" else attrs[a] for a in ATTR_ORDER if a in attrs)
+
+
+def _marks(scene: Scene, steps: list[Step]) -> dict[int, str]:
+    """``{object id: "yes 1, no 0"}``: per step, does the object count for it, and the step's running count.
+
+    A step's yes-set is ``Step.objects`` (for a second subtraction hop: its matches still left), so the last running
+    count of a step is the number the step line states.
+    """
+    counts = [0] * len(steps)
+    out = {}
+    for o in scene.objects:
+        marks = []
+        for i, s in enumerate(steps):
+            hit = o.id in s.objects
+            counts[i] += hit
+            marks.append(f"{'yes' if hit else 'no'} {counts[i]}")
+        out[o.id] = ", ".join(marks)
+    return out
 
 
 def trace_text(scene: Scene, q: Question) -> str:
     """The ``copy``/``nocopy`` trace text (with ``<objN>`` keys, no regions) of question ``q`` on ``scene``."""
-    lines = [f"{_call(ENUM_QUERY, (o.id,), 'detect')} {describe(o)}" for o in scene.objects]
+    steps = list(q.steps)
+    lines = [PLAN_PREFIX + "; ".join(f"{s.query} = {canonical_words(s.filter)}" for s in steps) + "."]
+    marks = _marks(scene, steps)
+    lines += [f"{_call(ENUM_QUERY, (o.id,), STEP_CALL)} {describe(o)}: {marks[o.id]}" for o in scene.objects]
     n = len(scene.objects)
     lines.append(f"There {'is 1 object' if n == 1 else f'are {n} objects'}.")
     if q.family == "subtraction":
         left = n
-        for hop, s in enumerate(q.steps):
+        for s in steps:
             k = len(s.objects)
-            # Hop 2 "No X left." only when X existed but the first hop already removed all of them.
-            gone = hop > 0 and not s.objects and bool(s.filter.select(scene))
-            lines.append(_step_line(s, f"{left} - {k} = {left - k}.", left=gone))
+            lines.append(f"{s.query}: {k}. {left} - {k} = {left - k}.")
             left -= k
         result = str(left)
     elif q.family == "count":
-        (s,) = q.steps
-        k = len(s.objects)
-        lines.append(_step_line(s, f"{s.filter.count_phrase(k)}.") if k else f"No {s.query}.")
+        k = len(steps[0].objects)
+        lines.append(f"{steps[0].query}: {k}.")
         result = str(k)
     elif q.family == "compare":
-        ka, kb = (len(s.objects) for s in q.steps)
-        for s in q.steps:
-            k = len(s.objects)
-            lines.append(_step_line(s, f"{s.filter.count_phrase(k)}.") if k else f"No {s.query}.")
-        op = ">" if ka > kb else "<" if ka < kb else "="
-        lines.append(f"{ka} {op} {kb}.")
+        ka, kb = (len(s.objects) for s in steps)
+        lines += [f"{s.query}: {len(s.objects)}." for s in steps]
+        lines.append(f"{ka} {'>' if ka > kb else '<' if ka < kb else '='} {kb}.")
         yes = {"more": ka > kb, "fewer": ka < kb, "same": ka == kb}[q.relation]
         result = "yes" if yes else "no"
     elif q.family == "attribute":
-        (s,) = q.steps
+        (s,) = steps
         if len(s.objects) != 1:
             raise ValueError(f"attribute question {q.text!r}: description must match one object, got {s.objects}")
         value = scene.objects[s.objects[0] - 1].attr(q.asked)
         article = "a " if q.asked == "shape" else ""
-        lines.append(f"{_call(s.query, s.objects, STEP_CALL)} It is {article}{value}.")
+        lines.append(f"{s.query}: {object_key(s.objects[0])}. It is {article}{value}.")
         result = value
     else:
         raise ValueError(f"question {q.text!r}: unknown family {q.family!r}")

@@ -145,3 +145,27 @@ def test_gradient_checkpointing_matches_plain_steps(toy, tmp_path):
     wa = load_file(tmp_path / "plain" / "final" / "model.safetensors")
     wb = load_file(tmp_path / "ckpt" / "final" / "model.safetensors")
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+
+
+def test_group_by_length_batches_similar_lengths(tmp_path):
+    """`group_by_length` batches records of similar length (less padding) and still visits every record."""
+    from transformers import TrainingArguments
+
+    from pointcopy.data.shapes import build_split
+    from pointcopy.presets import build_preset
+    from pointcopy.training.dataset import V1GDataset
+    from pointcopy.training.trainer import PointCopyTrainer
+
+    data = V1GDataset([build_split(tmp_path / "shapes", 96, seed=3, progress=False)["copy"]])
+    model, processor = build_preset("tiny")
+    spreads = {}
+    for strategy in ("random", "group_by_length"):
+        args = TrainingArguments(output_dir=str(tmp_path / strategy), per_device_train_batch_size=8, report_to=[],
+                                 use_cpu=True, train_sampling_strategy=strategy, seed=0)
+        trainer = PointCopyTrainer(model=model, args=args, train_dataset=data,
+                                   data_collator=GroundedCollator(processor))
+        order = list(trainer._get_train_sampler())
+        assert sorted(order) == list(range(len(data)))
+        batches = [[data.lengths[i] for i in order[k:k + 8]] for k in range(0, len(order), 8)]
+        spreads[strategy] = sum(max(b) - min(b) for b in batches) / len(batches)
+    assert spreads["group_by_length"] < 0.5 * spreads["random"], spreads

@@ -10,6 +10,7 @@ from collections import defaultdict
 
 import torch
 from transformers import Trainer
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 VISION_PREFIXES = ("model.visual.", "base_model.model.model.visual.")
 
@@ -40,6 +41,14 @@ class PointCopyTrainer(Trainer):
             self._sums.clear()
             self._counts.clear()
         super().log(logs, start_time)
+
+    def _get_train_sampler(self, train_dataset=None):
+        # Length-grouped batches without tokenising every record up front: our datasets expose `lengths`.
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if self.args.train_sampling_strategy == "group_by_length" and hasattr(dataset, "lengths"):
+            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                        lengths=dataset.lengths)
+        return super()._get_train_sampler(train_dataset)
 
     def create_optimizer(self, model=None):
         if self.optimizer is not None:

@@ -138,12 +138,13 @@ def test_trace_plans_quoted_steps_and_marks_every_object_locally():
         for o, line in zip(scene.objects, lines[1:]):
             words, marks = line.split(": ")
             assert words.endswith(describe(o))
-            for i, (mark, s) in enumerate(zip(marks.split(", "), q.steps)):
+            for i, (mark, s) in enumerate(zip(marks.split("; "), q.steps)):
                 hit = o.id in s.objects
                 running[i] += hit
-                assert mark == f"{'yes' if hit else 'no'} {running[i]}", (it.id, line)
+                assert mark == f"{canonical_words(s.filter)} {'yes' if hit else 'no'} {running[i]}", (it.id, line)
                 # the mark is decidable from the line alone: canonical words contained in the object's words
-                contained = set(canonical_words(s.filter).split()) <= set(describe(o).split())
+                slots = canonical_words(s.filter).split()
+                contained = all(w in ("-", a) for w, a in zip(slots, describe(o).split()))
                 removed_earlier = q.family == "subtraction" and any(o.id in p.objects for p in q.steps[:i])
                 assert hit == (contained and not removed_earlier), (it.id, line)
         steps_text = "\n".join(lines[len(scene.objects) + 2:])

@@ -42,8 +42,9 @@ def test_objects_disjoint_inside_tight_and_in_raster_order():
             assert 0 <= x0 < x1 <= sc.width and 0 <= y0 < y1 <= sc.height
             for bx in boxes[i + 1 :]:  # separated by at least the gap on some axis
                 assert x1 + cfg.gap <= bx[0] or bx[2] + cfg.gap <= x0 or y1 + cfg.gap <= bx[1] or bx[3] + cfg.gap <= y0
-        keys = [(int((o.box[1] + o.box[3]) / 2 // CELL), (o.box[0] + o.box[2]) / 2) for o in sc.objects]
-        assert keys == sorted(keys) and [o.id for o in sc.objects] == list(range(1, len(boxes) + 1))
+        # Raster order of the first merged cell: the first pointer of each enumerated object never goes back.
+        firsts = [min(box_to_cells(o.box, sc.size)) for o in sc.objects]
+        assert firsts == sorted(firsts) and [o.id for o in sc.objects] == list(range(1, len(boxes) + 1))
         # Each box is the tight bounding box of that object's drawn pixels.
         img = np.asarray(render(sc)).astype(int)
         fg = np.abs(img - np.array(sc.background)).sum(-1) > 0

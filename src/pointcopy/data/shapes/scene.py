@@ -15,8 +15,10 @@ the PNG bytes are a pure function of the scene):
 
 A box is ``(x0, y0, x1, y1)`` in pixel *edges* (half-open: the object's pixels are ``x0 <= x < x1``); it is the
 tight bounding box of the drawn pixels. Objects are kept ``gap`` px apart (box to box) and inside the image.
-Object ids are 1-based in raster order of the box centres over the 28-px merged grid (row of the centre's cell
-top to bottom, then centre x left to right) — the order in which traces enumerate them.
+Object ids are 1-based in the raster order of their *first merged cell* (the lowest copy slot of the object's cells
+under the official box -> cell rule), ties broken by centre x then centre y — the order in which traces enumerate
+them. The first pointer of each enumerated object therefore never goes back: ordering by the centre's cell row
+instead made that sequence non-monotone in 188 of 300 scenes, and the model duplicated or skipped objects.
 """
 
 from __future__ import annotations
@@ -149,10 +151,12 @@ class Scene:
         return cls(d["width"], d["height"], objs, d.get("seed"), tuple(d.get("background", BACKGROUND)))
 
 
-def raster_key(box: tuple[float, float, float, float]) -> tuple[int, float, float]:
-    """Sort key of a box: merged-grid row of its centre, then centre x, then centre y (tie-break)."""
+def raster_key(box: tuple[float, float, float, float], size: tuple[int, int]) -> tuple[int, float, float]:
+    """Sort key of a box in an image of ``size``: its first merged cell's slot, then centre x, then centre y."""
+    from pointcopy.geometry import box_to_cells
+
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    return int(cy // CELL), cx, cy
+    return min(box_to_cells(box, size)), cx, cy
 
 
 def _separated(a: tuple[int, int, int, int], b: tuple[int, int, int, int], gap: int) -> bool:
@@ -204,7 +208,7 @@ def generate_scene(seed: Any, config: SceneConfig | None = None, num_objects: in
             else:
                 break
         if len(boxes) == n:
-            ranked = sorted(range(n), key=lambda i: raster_key(boxes[i]))
+            ranked = sorted(range(n), key=lambda i: raster_key(boxes[i], (w, h)))
             objs = tuple(SceneObject(k + 1, *attrs[i], boxes[i]) for k, i in enumerate(ranked))
             return Scene(w, h, objs, seed)
     raise ValueError(f"scene {seed!r}: could not place {n} objects in images of {cfg.min_side}-{cfg.max_side} px")

@@ -61,7 +61,7 @@ def _corpus() -> list[str]:
     lines += [" ".join(f"[{values[i % 101]}, {values[(i + 31) % 101]}, {values[(i + 57) % 101]}, {values[(i + 83) % 101]}]"
                        for i in range(k, k + 10)) for k in range(0, 101, 10)] * 3
     lines += [" ".join(f'detect(query="{w}' for w in _WORDS[i:i + 8]) for i in range(0, len(_WORDS), 8)] * 2
-    # shapes-world marks ("- red - - yes 2; small - - cube no 0"): " yes" one token like " no"
+    # shapes-world marks ("red yes 2; small cube no 0"): " yes" one token like " no"
     lines += [f"{c} yes {i}; {c} no {i}" for c in _COLOURS for i in range(10)]
     lines += ["Answer: 3\nThe answer is (B). Question: How many objects are left?\nChoices:\n(A) 1\n(B) 2"] * 3
     return lines

@@ -22,13 +22,13 @@ PRESET = "shapes-tiny"
 
 @dataclass(frozen=True)
 class ShapesRecipe:
-    train_items: int = 4000
+    train_items: int = 16000  # 4,000 scenes seen 8 times: attributes read 0.85 on training vs 0.76 on new scenes
     test_items: int = 300
     train_seed: int = 1
     test_seed: int = 2
     min_objects: int = 3
     max_objects: int = 8
-    steps: int = 2000  # ~9.2 min on 2 cores (measured 554 s); see README for the held-out metrics
+    steps: int = 1500  # 0.38 s/step on 2 cores: ~9.7 min; see README for the held-out metrics
     batch_size: int = 16
     learning_rate: float = 3e-3
     vision_lr_scale: float = 0.5
@@ -39,6 +39,9 @@ class ShapesRecipe:
     warmup_ratio: float = 0.05
     lr_scheduler: str = "cosine"
     threads: int = 2
+    # Length-grouped batches pad ~25% less (~1.35x faster per step) but, measured at 2,000 steps, answer accuracy
+    # fell from 0.56 to 0.34: batches of one scene size (and mostly one family) train much worse here.
+    group_by_length: bool = False
     model_seed: int = 0
     eval_batch_size: int = 16
     max_new_tokens: int = 640
@@ -86,6 +89,7 @@ def train_variant(root: str | Path, recipe: ShapesRecipe = ShapesRecipe(), varia
                        region_key_mode="keep" if REGION_RENDER["keep_key"] else "replace",
                        region_occurrences=REGION_RENDER["occurrences"], box_text=COPY_BOX_TEXT,
                        max_side=None, threads=recipe.threads, progress=progress,
+                       group_by_length=recipe.group_by_length,
                        require_object_regions=variant == "copy",
                        model_overrides=dict(recipe.preset_overrides)))
     return out / "final"

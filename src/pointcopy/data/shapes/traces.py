@@ -71,7 +71,7 @@ def canonical_words(f: Filter) -> str:
     """A filter in the enumeration's own words and order (size colour material shape): ``small matte sphere``.
 
     (Four aligned slots with ``-`` for "any" -- ``small - matte sphere`` -- were tried: the repeated ``-`` tokens
-    defeat copying the slots from line to line, and held-out answer accuracy fell from 0.44 to 0.27.)
+    defeat copying the slots from line to line, and held-out answer accuracy fell from 0.34 to 0.27.)
     """
     attrs = dict(f.attrs)
     return " ".join(_MATERIAL_WORD[attrs[a]] if a == "material" else attrs[a] for a in ATTR_ORDER if a in attrs)

@@ -23,3 +23,5 @@ def test_ablate_flags_and_optional_fields():
     recipe = shapes.recipe_from(args)
     assert recipe.freeze == "model\\\\.visual\\\\.merger" and recipe.steps == 10 and args.seeds == [4, 5]
     assert shapes.recipe_from(_parse(ablate, [])).steps == ablate.ABLATION_DEFAULTS["steps"]
+    assert shapes.recipe_from(_parse(shapes, ["train", "--group-by-length"])).group_by_length is True
+    assert shapes.recipe_from(_parse(shapes, ["train", "--no-group-by-length"])).group_by_length is False

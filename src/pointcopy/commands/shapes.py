@@ -26,6 +26,10 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
             continue
         hint = hints[f.name]
         base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)  # Optional[X] -> X
+        if base is bool:  # --group-by-length / --no-group-by-length (type=bool would read "False" as True)
+            parser.add_argument("--" + f.name.replace("_", "-"), action=argparse.BooleanOptionalAction,
+                                default=f.default)
+            continue
         parser.add_argument("--" + f.name.replace("_", "-"), type=base, default=f.default)
 
 

@@ -55,6 +55,32 @@ def test_objects_disjoint_inside_tight_and_in_raster_order():
         assert fg.sum() == sum(fg[o.box[1] : o.box[3], o.box[0] : o.box[2]].sum() for o in sc.objects)
 
 
+def test_position_tint_colours_each_cell_and_keeps_boxes_tight():
+    from dataclasses import replace
+
+    cfg = SceneConfig(position_tint=8)
+    for s in range(30):
+        sc = generate_scene(s, cfg)
+        assert sc.position_tint == 8 and type(sc).from_dict(sc.to_dict()) == sc
+        # Same layout as without the tint: only the background changes.
+        plain = generate_scene(s)
+        assert plain.objects == sc.objects and plain.position_tint == 0
+        bg = np.asarray(render(replace(sc, objects=()))).astype(int)
+        for row in range(sc.height // CELL):
+            for col in range(sc.width // CELL):
+                want = np.array(sc.background) - 8 * np.array([col, row, 0])
+                assert (bg[row * CELL:(row + 1) * CELL, col * CELL:(col + 1) * CELL] == want).all(), (s, row, col)
+        img = np.asarray(render(sc)).astype(int)
+        fg = np.abs(img - bg).sum(-1) > 0
+        for o in sc.objects:
+            x0, y0, x1, y1 = o.box
+            ys, xs = np.nonzero(fg[y0:y1, x0:x1])
+            assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (0, 0, x1 - x0, y1 - y0)
+        assert fg.sum() == sum(fg[o.box[1] : o.box[3], o.box[0] : o.box[2]].sum() for o in sc.objects)
+    with pytest.raises(ValueError, match="position_tint"):
+        SceneConfig(position_tint=40)
+
+
 def test_scene_config_errors_and_forced_count():
     with pytest.raises(ValueError, match="min_side"):
         SceneConfig(min_side=100)

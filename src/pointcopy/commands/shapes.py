@@ -66,9 +66,10 @@ def run(args: argparse.Namespace) -> int:
             from pointcopy.embedded.demo import ASSET
 
             shutil.rmtree(ASSET, ignore_errors=True)
-            shutil.copytree(model_dir, ASSET)
-            (ASSET / "RECIPE.json").write_text(json.dumps({"recipe": dataclasses.asdict(recipe), "variant":
-                                                           args.variant, "seed": args.seed}, indent=1))
+            shutil.copytree(model_dir, ASSET)  # with the RECIPE.json that train_variant writes beside the weights
+            if not (ASSET / "RECIPE.json").is_file():  # a model trained before checkpoints carried their recipe
+                (ASSET / "RECIPE.json").write_text(json.dumps({"recipe": dataclasses.asdict(recipe), "variant":
+                                                               args.variant, "seed": args.seed}, indent=1))
             print(f"shipped to {ASSET}")
     if args.stage in ("eval", "all"):
         model_dir = model_dir or root / "runs" / f"{args.variant}-seed{args.seed}" / "final"

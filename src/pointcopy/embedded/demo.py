@@ -69,7 +69,7 @@ def run_demo(out_dir: str | Path = ".", seed: int | None = None, image_path: str
     from ..inference import generate
     from ..model import PointCopyForConditionalGeneration
     from ..processing import PointCopyProcessor
-    from .recipe import ShapesRecipe
+    from .recipe import load_recipe
 
     torch.set_num_threads(threads)
     model_dir = Path(model_dir) if model_dir else ensure_model()
@@ -82,7 +82,7 @@ def run_demo(out_dir: str | Path = ".", seed: int | None = None, image_path: str
         question = question or "How many objects are there?"
     else:
         seed = random.randrange(1 << 30) if seed is None else seed
-        item = make_item(DEMO_SEED, seed, ShapesRecipe().scenes)
+        item = make_item(DEMO_SEED, seed, load_recipe(model_dir).scenes)
         image = render(item.scene)
         if question is None:
             question, expected = item.question.text, item.question.answer

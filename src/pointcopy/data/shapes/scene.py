@@ -72,6 +72,10 @@ class SceneConfig:
         large_px, small_px: box side of large / small objects.
         gap: minimum distance in px between two boxes (and from a box to the image border: ``margin``).
         margin: minimum distance from a box to the image border.
+        position_tint: per-cell background tint step (0 = plain background). The merged cell in row r, column c
+            is filled with ``BACKGROUND - position_tint * (c, r, 0)``, like graph paper with coloured squares:
+            Qwen2.5-VL's vision tower has no absolute position embedding (only 2-D rotary attention), so without
+            it two identical objects give identical patch features and the pointer cannot tell them apart.
     """
 
     min_objects: int = 3
@@ -82,6 +86,7 @@ class SceneConfig:
     small_px: int = 18
     gap: int = 4
     margin: int = 2
+    position_tint: int = 0
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_objects <= self.max_objects:
@@ -93,6 +98,9 @@ class SceneConfig:
             raise ValueError(f"SceneConfig: need 6 <= small_px < large_px, got {self.small_px}, {self.large_px}")
         if self.large_px + 2 * self.margin > self.min_side:
             raise ValueError(f"SceneConfig: large_px={self.large_px} does not fit in min_side={self.min_side}")
+        if not 0 <= self.position_tint * (self.max_side // CELL - 1) <= 100:
+            raise ValueError(f"SceneConfig: position_tint={self.position_tint} must be >= 0 and keep the background "
+                             f"bright (step x cells <= 100)")
         if self.gap < 0 or self.margin < 0:
             raise ValueError(f"SceneConfig: gap and margin must be >= 0, got {self.gap}, {self.margin}")
 
@@ -133,6 +141,7 @@ class Scene:
     objects: tuple[SceneObject, ...]
     seed: Any = None
     background: tuple[int, int, int] = field(default=BACKGROUND)
+    position_tint: int = 0  # see SceneConfig.position_tint
 
     @property
     def size(self) -> tuple[int, int]:
@@ -148,7 +157,8 @@ class Scene:
     @classmethod
     def from_dict(cls, d: dict) -> "Scene":
         objs = tuple(SceneObject(**{**o, "box": tuple(o["box"])}) for o in d["objects"])
-        return cls(d["width"], d["height"], objs, d.get("seed"), tuple(d.get("background", BACKGROUND)))
+        return cls(d["width"], d["height"], objs, d.get("seed"), tuple(d.get("background", BACKGROUND)),
+                   int(d.get("position_tint", 0)))
 
 
 def raster_key(box: tuple[float, float, float, float], size: tuple[int, int]) -> tuple[int, float, float]:
@@ -210,7 +220,7 @@ def generate_scene(seed: Any, config: SceneConfig | None = None, num_objects: in
         if len(boxes) == n:
             ranked = sorted(range(n), key=lambda i: raster_key(boxes[i], (w, h)))
             objs = tuple(SceneObject(k + 1, *attrs[i], boxes[i]) for k, i in enumerate(ranked))
-            return Scene(w, h, objs, seed)
+            return Scene(w, h, objs, seed, position_tint=cfg.position_tint)
     raise ValueError(f"scene {seed!r}: could not place {n} objects in images of {cfg.min_side}-{cfg.max_side} px")
 
 
@@ -248,6 +258,13 @@ def render(scene: Scene):
 
     img = Image.new("RGB", scene.size, scene.background)
     draw = ImageDraw.Draw(img)
+    if scene.position_tint:
+        step = scene.position_tint
+        for row in range(scene.height // CELL):
+            for col in range(scene.width // CELL):
+                r, g, b = scene.background
+                fill = (max(0, r - step * col), max(0, g - step * row), b)
+                draw.rectangle([col * CELL, row * CELL, (col + 1) * CELL - 1, (row + 1) * CELL - 1], fill=fill)
     for o in scene.objects:
         _draw_object(draw, o)
     return img

@@ -124,6 +124,24 @@ def test_two_process_data_parallel_keeps_ranks_identical(toy, tmp_path):
     assert summary["global_step"] == 6
 
 
+def test_train_data_parallel_splits_batch_and_threads(toy, tmp_path):
+    from pointcopy.training.parallel import per_rank_options, train_data_parallel
+
+    opts = _options(toy, tmp_path, max_steps=4, batch_size=4, threads=2, weights_digest=True)
+    rank = per_rank_options(opts, 2)
+    assert (rank.batch_size, rank.threads) == (2, 1)
+    with pytest.raises(ValueError, match="not divisible"):
+        per_rank_options(_options(toy, tmp_path, batch_size=3), 2)
+    summary = train_data_parallel(opts, 2)  # real torchrun processes, gloo
+    assert summary["global_step"] == 4 and summary["options"]["batch_size"] == 2
+    digests = [(tmp_path / f"weights_digest_rank{r}.txt").read_text() for r in (0, 1)]
+    assert digests[0] == digests[1]  # gradients were averaged: both ranks hold the same weights
+    model = PointCopyForConditionalGeneration.from_pretrained(tmp_path / "final")
+    from pointcopy.training.run import weights_digest
+
+    assert weights_digest(model) == digests[0].strip()
+
+
 def test_bad_records_are_logged_and_skipped(toy, tmp_path):
     bad = tmp_path / "mixed.jsonl"
     lines = Path(toy[0]).read_text().splitlines()[:20]

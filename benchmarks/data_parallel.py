@@ -1,0 +1,55 @@
+"""Training speed of shapes-tiny: one process with all threads vs data-parallel processes with one thread each.
+
+Same data (a fresh shapes split), same global batch, same number of steps; the two set-ups alternate `--repeats`
+times and the median `train()` wall time of each is compared. Prints a table, then
+`figure data_parallel_speedup <x>` (single-process seconds / data-parallel seconds; > 1 = data parallel faster).
+
+    .venv/bin/python benchmarks/data_parallel.py [--steps 60] [--repeats 3] [--processes 2] [--threads 2] [--batch-size 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+from pointcopy.embedded.recipe import PRESET, ShapesRecipe, train_options
+from pointcopy.training.parallel import train_data_parallel
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--processes", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="total thread budget of both set-ups")
+    ap.add_argument("--items", type=int, default=1000)
+    ap.add_argument("--batch-size", type=int, default=ShapesRecipe.batch_size, help="global batch")
+    args = ap.parse_args()
+
+    from pointcopy.data.shapes.build import build_split
+
+    recipe = ShapesRecipe(steps=args.steps, threads=args.threads, batch_size=args.batch_size)
+    times: dict[str, list[float]] = {"single": [], "parallel": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = build_split(Path(tmp) / "data", args.items, seed=11, config=recipe.scenes, progress=False)
+        for rep in range(args.repeats):
+            for name, processes in (("single", 1), ("parallel", args.processes)):
+                opts = train_options(recipe, data["copy"], Path(tmp) / f"{name}-{rep}", seed=0, progress=False,
+                                     require_object_regions=True)
+                opts.save_steps = 10 * args.steps  # no checkpoint inside the timed loop
+                summary = train_data_parallel(opts, processes)
+                times[name].append(summary["train_seconds_this_session"])
+                print(f"repeat {rep}: {name:<8} {times[name][-1]:.1f} s", flush=True)
+    single, parallel = statistics.median(times["single"]), statistics.median(times["parallel"])
+    print(f"\n{PRESET}, {args.steps} steps of batch {recipe.batch_size}, {args.threads} threads in total")
+    print("| set-up | median s | s/step |\n|---|---|---|")
+    print(f"| 1 process x {args.threads} threads | {single:.1f} | {single / args.steps:.3f} |")
+    print(f"| {args.processes} processes x {max(1, args.threads // args.processes)} thread(s) | {parallel:.1f} | "
+          f"{parallel / args.steps:.3f} |")
+    print(f"figure data_parallel_speedup {single / parallel:.3f}")
+
+
+if __name__ == "__main__":
+    main()

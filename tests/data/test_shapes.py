@@ -168,7 +168,12 @@ def test_trace_plans_quoted_steps_and_marks_every_object_locally():
             for i, (mark, s) in enumerate(zip(marks.split("; "), q.steps)):
                 hit = o.id in s.objects
                 running[i] += hit
-                assert mark == f"{canonical_words(s.filter)} {'yes' if hit else 'no'} {running[i]}", (it.id, line)
+                want = f"{canonical_words(s.filter)} {'yes' if hit else 'no'} {running[i]}"
+                if hit and q.family == "attribute":  # the answer, read from this line's own attribute words
+                    value = o.attr(q.asked)
+                    want += f". It is {'a ' if q.asked == 'shape' else ''}{value}"
+                    assert q.asked == "material" or value in describe(o).split()
+                assert mark == want, (it.id, line)
                 # the mark is decidable from the line alone: canonical words contained in the object's words
                 contained = set(canonical_words(s.filter).split()) <= set(describe(o).split())
                 removed_earlier = q.family == "subtraction" and any(o.id in p.objects for p in q.steps[:i])
@@ -177,6 +182,11 @@ def test_trace_plans_quoted_steps_and_marks_every_object_locally():
         for s, k in zip(q.steps, running):
             stated = f"{s.query}: <obj{s.objects[0]}>." if q.family == "attribute" else f"{s.query}: {k}."
             assert stated in steps_text
+        if q.family == "compare":  # the relation word beside the comparison, then the verdict
+            assert re.search(rf"^\d+ [<>=] \d+: {q.relation} {q.answer}\.$", steps_text, re.M), steps_text
+        if q.family == "attribute":  # exactly one earlier "It is", whose value the step line repeats
+            value = steps_text.split("It is ")[1].split(".")[0]
+            assert trace_text(scene, q).count("It is ") == 2 and f"It is {value}" in lines[q.steps[0].objects[0]]
 
 
 def test_records_validate_and_split_resumes(tmp_path):

@@ -32,7 +32,7 @@ class ShapesRecipe:
     # Per-cell background tint (SceneConfig.position_tint). Off: at 1,500 steps it did not help (held-out answer
     # 0.44 with a step of 8, 0.38 with 16, vs 0.41 plain; region IoU 0.88-0.89 in all three).
     position_tint: int = 0
-    steps: int = 1700  # ~0.33 s/step with 2 processes on 2 cores: under 10 min; see README for the held-out metrics
+    steps: int = 1500  # ~0.37 s/step with 2 processes on 2 cores: ~9.5 min; see README for the held-out metrics
     batch_size: int = 16
     learning_rate: float = 3e-3
     vision_lr_scale: float = 0.5
@@ -43,8 +43,9 @@ class ShapesRecipe:
     warmup_ratio: float = 0.05
     lr_scheduler: str = "cosine"
     threads: int = 2  # in total: with `processes` > 1 each process gets threads / processes
-    # Data-parallel ranks (torchrun, gloo): 2 x 1 thread ran 1.17x faster than 1 x 2 threads
-    # (`benchmarks/data_parallel.py`), i.e. ~200 more steps in the same 10 minutes.
+    # Data-parallel ranks (torchrun, gloo). 2 x 1 thread ran 1.17x faster than 1 x 2 threads in
+    # `benchmarks/data_parallel.py` (60-step runs, medians of 3); over a full run the gain was smaller (0.372 s/step
+    # over 1,700 steps vs 0.384 for the earlier single-process 1,500-step run).
     processes: int = 2
     # Length-grouped batches pad ~25% less (~1.35x faster per step) but, measured at 2,000 steps, answer accuracy
     # fell from 0.56 to 0.34: batches of one scene size (and mostly one family) train much worse here.

@@ -12,6 +12,7 @@ from pointcopy import trace as T
 from pointcopy.data.shapes import FAMILIES, build_split, generate_scene, make_item, read_items, render
 from pointcopy.data.shapes.build import item_record, png_bytes
 from pointcopy.data.shapes.scene import CELL, SceneConfig
+from pointcopy.data.shapes.questions import ATTR_ORDER
 from pointcopy.data.shapes.traces import (canonical_words, describe, model_text, regions, strip_copies, trace_text,
                                           variants)
 from pointcopy.data.v1g import expand_regions, read_v1g, validate_record
@@ -168,14 +169,18 @@ def test_trace_plans_quoted_steps_and_marks_every_object_locally():
             for i, (mark, s) in enumerate(zip(marks.split("; "), q.steps)):
                 hit = o.id in s.objects
                 running[i] += hit
-                want = f"{canonical_words(s.filter)} {'yes' if hit else 'no'} {running[i]}"
+                # each filter word beside the object's word for the same attribute (describe() is in ATTR_ORDER)
+                own = describe(o).split()
+                pairs = " ".join(f"{w} = {own[ATTR_ORDER.index(a)]}"
+                                 for w, (a, _) in zip(canonical_words(s.filter).split(), s.filter.attrs))
+                want = f"{pairs} {'yes' if hit else 'no'} {running[i]}"
                 if hit and q.family == "attribute":  # the answer, read from this line's own attribute words
                     value = o.attr(q.asked)
                     want += f". It is {'a ' if q.asked == 'shape' else ''}{value}"
                     assert q.asked == "material" or value in describe(o).split()
                 assert mark == want, (it.id, line)
-                # the mark is decidable from the line alone: canonical words contained in the object's words
-                contained = set(canonical_words(s.filter).split()) <= set(describe(o).split())
+                # the mark is decidable from the line alone: every pair of the mark is equal
+                contained = all(x == y for x, y in re.findall(r"(\w+) = (\w+)", mark))
                 removed_earlier = q.family == "subtraction" and any(o.id in p.objects for p in q.steps[:i])
                 assert hit == (contained and not removed_earlier), (it.id, line)
         steps_text = "\n".join(lines[len(scene.objects) + 2:])

@@ -73,9 +73,18 @@ def run(args: argparse.Namespace) -> int:
             print(f"shipped to {ASSET}")
     if args.stage in ("eval", "all"):
         model_dir = model_dir or root / "runs" / f"{args.variant}-seed{args.seed}" / "final"
+        if args.stage == "eval":  # held-out scenes only: `eval --model DIR` needs no training data
+            from pointcopy.data.shapes.build import build_split
+
+            build_split(root / "data" / "test", recipe.test_items, recipe.test_seed, config=recipe.scenes)
+        # A model given by --model (e.g. the shipped asset) keeps its folder clean: outputs go under --root.
+        out_dir = root / "eval" / Path(model_dir).name if args.model else Path(model_dir).parent
+        out_dir.mkdir(parents=True, exist_ok=True)
+        suffix = "-nopointing" if args.no_pointing else ""
         result = evaluate_model(model_dir, root / "data" / "test", recipe, limit=args.limit,
-                                pointing_enabled=not args.no_pointing)
-        out = Path(model_dir).parent / f"metrics{'-nopointing' if args.no_pointing else ''}.json"
+                                pointing_enabled=not args.no_pointing,
+                                out_file=out_dir / f"predictions{suffix}-test.jsonl")
+        out = out_dir / f"metrics{suffix}.json"
         out.write_text(json.dumps(result, indent=1))
         print(format_markdown(result))
         print(f"wrote {out}")

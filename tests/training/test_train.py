@@ -142,6 +142,53 @@ def test_train_data_parallel_splits_batch_and_threads(toy, tmp_path):
     assert weights_digest(model) == digests[0].strip()
 
 
+def _pids_with(fragment: str) -> list[int]:
+    """Live processes whose command line contains `fragment` (Linux /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and fragment in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                pids.append(int(entry.name))
+        except OSError:  # the process ended while we looked
+            continue
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
+def test_killing_the_launcher_stops_its_ranks(toy, tmp_path):
+    """`kill -9` of the process that called train_data_parallel must not leave torchrun ranks training on (they
+    would share the output directory with a resumed run)."""
+    import signal
+    import time
+    from dataclasses import asdict
+
+    from pointcopy.training.parallel import OPTIONS_FILE
+
+    opts = tmp_path / "opts.json"
+    opts.write_text(json.dumps(asdict(_options(toy, tmp_path / "out", max_steps=100000, batch_size=4, threads=2))))
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", "import json, sys; from pointcopy.training.run import TrainOptions; "
+         "from pointcopy.training.parallel import train_data_parallel; "
+         "train_data_parallel(TrainOptions(**json.load(open(sys.argv[1]))), 2)", str(opts)],
+        cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = str(tmp_path / "out" / OPTIONS_FILE)
+    try:
+        deadline = time.time() + 300
+        while len(_pids_with(marker)) < 3 and time.time() < deadline:  # torchrun + 2 ranks
+            assert launcher.poll() is None, "launcher exited before its ranks started"
+            time.sleep(0.5)
+        assert len(_pids_with(marker)) >= 3, _pids_with(marker)
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait()
+        deadline = time.time() + 60
+        while _pids_with(marker) and time.time() < deadline:
+            time.sleep(0.5)
+        assert _pids_with(marker) == []
+    finally:
+        for pid in _pids_with(marker):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_bad_records_are_logged_and_skipped(toy, tmp_path):
     bad = tmp_path / "mixed.jsonl"
     lines = Path(toy[0]).read_text().splitlines()[:20]

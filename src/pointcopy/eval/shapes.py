@@ -45,7 +45,7 @@ __all__ = [
     "DEFAULT_LENGTH_EDGES",
 ]
 
-DEFAULT_LENGTH_EDGES = (125, 150, 175)  # copy-variant trace tokens: quartiles ~124 / 153 / 177, max ~230 (3-8 objects)
+DEFAULT_LENGTH_EDGES = (155, 195, 230)  # copy-variant trace tokens: quartiles ~154 / 196 / 229, max ~340 (3-8 objects)
 ENUM_QUERY = "object"  # = pointcopy.data.shapes.traces.ENUM_QUERY (not imported: that module pulls in PIL paths)
 
 _WORDS = {

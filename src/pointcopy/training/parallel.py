@@ -33,6 +33,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """In the launcher child (Linux): get SIGTERM when the process that started it dies.
+
+    Without this, killing a `pointcopy shapes train` (or the test runner) left torchrun and its ranks training on
+    as orphans; a resumed run then shared the output directory with them. torchrun stops its ranks on SIGTERM.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def per_rank_options(options: TrainOptions, processes: int) -> TrainOptions:
     """Options of one rank: an equal share of the global batch and of the thread budget."""
     if processes < 1:
@@ -55,7 +69,7 @@ def train_data_parallel(options: TrainOptions, processes: int) -> dict:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
            "-m", "pointcopy.training.parallel", str(out / OPTIONS_FILE)]
-    run = subprocess.run(cmd, env=env)
+    run = subprocess.run(cmd, env=env, preexec_fn=_die_with_parent)
     if run.returncode != 0:
         raise RuntimeError(f"data-parallel training ({processes} processes) failed with exit code {run.returncode}; "
                            f"command: {' '.join(cmd)}")

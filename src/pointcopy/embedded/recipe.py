@@ -32,7 +32,9 @@ class ShapesRecipe:
     # Per-cell background tint (SceneConfig.position_tint). Off: at 1,500 steps it did not help (held-out answer
     # 0.44 with a step of 8, 0.38 with 16, vs 0.41 plain; region IoU 0.88-0.89 in all three).
     position_tint: int = 0
-    steps: int = 1500  # ~0.37 s/step with 2 processes on 2 cores: ~9.5 min; see README for the held-out metrics
+    # 1,500 steps: 0.37 s/step (~9.5 min) with the earlier, shorter traces; the paired marks make traces ~28% longer
+    # and ran at 0.69-0.77 s/step on a shared 2-core machine (17-19 min). See README for the held-out metrics.
+    steps: int = 1500
     batch_size: int = 16
     learning_rate: float = 3e-3
     vision_lr_scale: float = 0.5

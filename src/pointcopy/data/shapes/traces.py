@@ -75,7 +75,7 @@ def canonical_words(f: Filter) -> str:
     defeat copying the slots from line to line, and held-out answer accuracy fell from 0.34 to 0.27.)
     """
     attrs = dict(f.attrs)
-    return " ".join(_MATERIAL_WORD[attrs[a]] if a == "material" else attrs[a] for a in ATTR_ORDER if a in attrs)
+    return " ".join(_word(a, attrs[a]) for a in ATTR_ORDER if a in attrs)
 
 
 def _comparison(f: Filter, o: SceneObject) -> str:
@@ -105,15 +105,14 @@ def _marks(scene: Scene, steps: list[Step], asked: str | None = None) -> dict[in
     compares adjacent pairs. (Marks without the words -- ``yes 1, no 0`` -- had to match against the plan line
     ~100 tokens back: 0.76 of marks right. With the words but no pairs -- ``small matte sphere no 0`` -- the
     model had to find each word among the description's and was right 0.87 of the time even when the description
-    was right, answer accuracy 0.47; with the pairs 0.99 and 0.59;
-    same data, 1,500 steps and seed.) A step's
+    was right, answer accuracy 0.47; with the pairs 0.99 and 0.59; same data, 1,500 steps and seed.) A step's
     yes-set is ``Step.objects`` (for a second subtraction hop: its matches still left), so the last running count
     of a step is the number its step line states.
 
     For an attribute question (``asked`` = the asked attribute) the one matching object's mark also states the
     answer, read from the attribute words on its own line: ``large = large shiny = shiny yes 1. It is red``. The
-    step line then only repeats what follows the trace's one earlier ``It is``. (Naming the object there and looking up its
-    colour in its line ~60 tokens back answered attribute questions right 0.33-0.35 of the time.)
+    step line then only repeats what follows the trace's one earlier ``It is``. (Naming the object there and
+    looking up its colour in its line ~60 tokens back answered attribute questions right 0.33-0.35 of the time.)
     """
     counts = [0] * len(steps)
     out = {}

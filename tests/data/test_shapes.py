@@ -11,7 +11,7 @@ import pytest
 from pointcopy import trace as T
 from pointcopy.data.shapes import FAMILIES, build_split, generate_scene, make_item, read_items, render
 from pointcopy.data.shapes.build import item_record, png_bytes
-from pointcopy.data.shapes.scene import CELL, SceneConfig
+from pointcopy.data.shapes.scene import CELL, RIM, SceneConfig
 from pointcopy.data.shapes.questions import ATTR_ORDER
 from pointcopy.data.shapes.traces import (canonical_words, describe, model_text, regions, strip_copies, trace_text,
                                           variants)
@@ -92,14 +92,20 @@ def test_scene_config_errors_and_forced_count():
         generate_scene("x", SceneConfig(min_side=56, max_side=56), num_objects=10)
 
 
-def test_metal_has_highlight_rubber_is_flat():
+def test_metal_has_highlight_and_rim_rubber_is_flat():
     for s in range(40):
         sc = generate_scene(s)
         img = np.asarray(render(sc))
         for o in sc.objects:
             x0, y0, x1, y1 = o.box
-            colours = {tuple(p) for p in img[y0:y1, x0:x1].reshape(-1, 3)}
-            assert ((255, 255, 255) in colours) == (o.material == "metal"), o
+            patch = img[y0:y1, x0:x1]
+            colours = {tuple(p) for p in patch.reshape(-1, 3)}
+            metal = o.material == "metal"
+            assert ((255, 255, 255) in colours) == metal, o
+            assert (RIM in colours) == metal, o
+            if metal:  # the rim is on every side of the glyph: its outermost pixels are rim-coloured
+                rim = (patch == RIM).all(-1)
+                assert rim[0].any() and rim[-1].any() and rim[:, 0].any() and rim[:, -1].any(), o
 
 
 def test_answers_match_an_independent_oracle():

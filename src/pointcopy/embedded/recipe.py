@@ -42,6 +42,8 @@ class ShapesRecipe:
     # but after training it with the LM only at 0.47 -- the pointer and answer losses wash colour out (attribute
     # accuracy 0.14 trained vs 0.72 frozen, same budget). Also ~15% faster per step.
     freeze: str | None = r"model\.visual\."
+    # Perception warm-up (embedded.perception) of the vision tower before it is frozen: steps of batch 32 scenes.
+    vision_warmup_steps: int = 0
     warmup_ratio: float = 0.05
     lr_scheduler: str = "cosine"
     threads: int = 2  # in total: with `processes` > 1 each process gets threads / processes
@@ -80,11 +82,13 @@ def build_data(root: str | Path, recipe: ShapesRecipe = ShapesRecipe(), progress
 
 
 def train_options(recipe: ShapesRecipe, data: str | Path, out_dir: str | Path, seed: int, progress: bool = True,
-                  require_object_regions: bool = True):
-    """The `TrainOptions` of one shapes-tiny run (global batch and total threads; see `recipe.processes`)."""
+                  require_object_regions: bool = True, model: str | Path = PRESET):
+    """The `TrainOptions` of one shapes-tiny run (global batch and total threads; see `recipe.processes`).
+
+    `model` is the preset (fresh weights from `seed`) or a checkpoint to start from (the warmed-up tower)."""
     from ..training.run import TrainOptions
 
-    return TrainOptions(model=PRESET, train_data=[str(data)], output_dir=str(out_dir), max_steps=recipe.steps,
+    return TrainOptions(model=str(model), train_data=[str(data)], output_dir=str(out_dir), max_steps=recipe.steps,
                         batch_size=recipe.batch_size, learning_rate=recipe.learning_rate,
                         vision_lr_scale=recipe.vision_lr_scale, freeze=recipe.freeze,
                         warmup_ratio=recipe.warmup_ratio,
@@ -96,7 +100,39 @@ def train_options(recipe: ShapesRecipe, data: str | Path, out_dir: str | Path, s
                         max_side=None, threads=recipe.threads, progress=progress,
                         group_by_length=recipe.group_by_length,
                         require_object_regions=require_object_regions,
-                        model_overrides=dict(recipe.preset_overrides))
+                        model_overrides=dict(recipe.preset_overrides) if model == PRESET else {})
+
+
+def vision_init(root: str | Path, recipe: ShapesRecipe, seed: int, progress: bool = True) -> Path:
+    """`root/runs/vision-init-seed{seed}`: the preset (initialised from `seed`, with the recipe's overrides) after
+    the perception warm-up on the train split's scenes. Built once per seed and shared by every variant of that
+    seed, so the ablation's conditions differ only in their traces. Written to a temporary folder and renamed,
+    so a killed warm-up is redone, never half-read."""
+    import shutil
+
+    import torch
+
+    from ..data.shapes.build import read_items
+    from ..presets import build_preset
+    from .perception import pretrain_vision
+
+    root = Path(root)
+    out = root / "runs" / f"vision-init-seed{seed}"
+    if (out / "config.json").is_file():
+        return out
+    torch.set_num_threads(recipe.threads)
+    model, processor = build_preset(PRESET, seed=seed, **recipe.preset_overrides)
+    data = root / "data"
+    report = pretrain_vision(model, processor, read_items(data / "train"), data / "train" / "images",
+                             steps=recipe.vision_warmup_steps, seed=seed, test_items=read_items(data / "test"),
+                             test_images=data / "test" / "images", progress=progress)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    (tmp / "warmup.json").write_text(json.dumps(report, indent=1))
+    tmp.rename(out)
+    return out
 
 
 def train_variant(root: str | Path, recipe: ShapesRecipe = ShapesRecipe(), variant: str = "copy",
@@ -110,8 +146,9 @@ def train_variant(root: str | Path, recipe: ShapesRecipe = ShapesRecipe(), varia
     out = Path(out_dir) if out_dir else root / "runs" / f"{variant}-seed{seed}"
     if (out / "final" / "config.json").is_file():
         return out / "final"
-    train_data_parallel(train_options(recipe, data, out, seed, progress, require_object_regions=variant == "copy"),
-                        recipe.processes)
+    start = vision_init(root, recipe, seed, progress) if recipe.vision_warmup_steps else PRESET
+    train_data_parallel(train_options(recipe, data, out, seed, progress, require_object_regions=variant == "copy",
+                                      model=start), recipe.processes)
     final = out / "final"
     # The recipe travels with the checkpoint: the demo draws its scenes the way this model was trained on.
     (final / RECIPE_FILE).write_text(json.dumps({"recipe": asdict(recipe), "variant": variant, "seed": seed},

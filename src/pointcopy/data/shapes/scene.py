@@ -10,8 +10,12 @@ the PNG bytes are a pure function of the scene):
   1.0, circle 0.79) and has a distinct corner layout, so the three silhouettes stay separable. CLEVR has no
   cone, so the CLEVR word "cylinder" is kept for question/answer compatibility.
 * large / small -> ``large_px`` / ``small_px`` box sides (default 32 / 18 px: ~2x, like CLEVR's 0.7 / 0.35).
-* rubber (matte) -> flat fill; metal (shiny) -> the fill plus a white specular highlight in the upper-left
-  interior, always strictly inside the glyph so the box stays exact.
+* rubber (matte) -> flat fill; metal (shiny) -> the fill, a near-black rim (the glyph's outer ``RIM_PX`` pixels)
+  and a white specular highlight in the upper-left interior, both inside the glyph so the box stays exact. The
+  highlight alone (255 vs the background's ~236) looks like a hole to a 14-px patch embedding, and only the
+  cells holding the object's upper-left part see it: a linear probe of the object's cells read material at 0.58
+  after 200 perception steps (chance 0.5). The rim runs along the whole silhouette, so every cell an object
+  touches sees it, and no colour of the palette is that dark.
 
 A box is ``(x0, y0, x1, y1)`` in pixel *edges* (half-open: the object's pixels are ``x0 <= x < x1``); it is the
 tight bounding box of the drawn pixels. Objects are kept ``gap`` px apart (box to box) and inside the image.
@@ -59,6 +63,8 @@ SIZES = ("large", "small")
 MATERIALS = ("rubber", "metal")
 BACKGROUND = (236, 236, 230)
 HIGHLIGHT = (255, 255, 255)
+RIM = (16, 16, 16)
+RIM_PX = 2
 CELL = 28  # merged-cell side of Qwen2.5-VL (patch 14 x merge 2); image sides are multiples of it
 
 
@@ -231,13 +237,14 @@ def _shade(rgb: tuple[int, int, int], f: float) -> tuple[int, int, int]:
 def _draw_object(draw, o: SceneObject) -> None:
     x0, y0, x1, y1 = o.box
     fill = COLORS[o.color]
-    # PIL's shape coordinates are inclusive pixel positions: the last pixel is x1 - 1.
+    rim = dict(outline=RIM, width=RIM_PX) if o.material == "metal" else {}
+    # PIL's shape coordinates are inclusive pixel positions: the last pixel is x1 - 1. Outlines are drawn inside.
     if o.shape == "cube":
-        draw.rectangle([x0, y0, x1 - 1, y1 - 1], fill=fill)
+        draw.rectangle([x0, y0, x1 - 1, y1 - 1], fill=fill, **rim)
     elif o.shape == "sphere":
-        draw.ellipse([x0, y0, x1 - 1, y1 - 1], fill=fill)
+        draw.ellipse([x0, y0, x1 - 1, y1 - 1], fill=fill, **rim)
     elif o.shape == "cylinder":
-        draw.polygon([((x0 + x1 - 1) / 2, y0), (x1 - 1, y1 - 1), (x0, y1 - 1)], fill=fill)
+        draw.polygon([((x0 + x1 - 1) / 2, y0), (x1 - 1, y1 - 1), (x0, y1 - 1)], fill=fill, **rim)
     else:
         raise ValueError(f"object {o.id}: unknown shape {o.shape!r}")
     if o.material == "metal":

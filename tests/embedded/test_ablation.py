@@ -21,7 +21,7 @@ def test_intervals():
 
 def test_ablation_runs_all_conditions_and_writes_outputs(tmp_path):
     recipe = ShapesRecipe(train_items=24, test_items=6, steps=3, batch_size=4, max_new_tokens=12, eval_batch_size=6,
-                          threads=1, max_objects=4)
+                          threads=1, max_objects=4, vision_warmup_steps=2)
     logs = []
     summary = run_ablation(tmp_path, recipe, seeds=(0, 1), progress=False, echo=logs.append)
     conds = summary["conditions"]
@@ -30,9 +30,11 @@ def test_ablation_runs_all_conditions_and_writes_outputs(tmp_path):
         assert len(c["per_seed_accuracy"]) == 2
         assert c["ci95"][0] <= c["accuracy"] <= c["ci95"][1]
         assert sum(cell["n"] for cell in c["by_family"].values()) == 2 * 6
-    # (a) and (b) evaluate the same trained weights; (c) and (d) are separate trainings on their own variants
+    # (a) and (b) evaluate the same trained weights; (c) and (d) are separate trainings on their own variants,
+    # all three starting from the seed's one warmed-up vision tower
     runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
-    assert runs == ["coord-seed0", "coord-seed1", "copy-seed0", "copy-seed1", "nocopy-seed0", "nocopy-seed1"]
+    assert runs == ["coord-seed0", "coord-seed1", "copy-seed0", "copy-seed1", "nocopy-seed0", "nocopy-seed1",
+                    "vision-init-seed0", "vision-init-seed1"]
     out = tmp_path / "ablation"
     assert json.loads((out / "results.json").read_text())["seeds"] == [0, 1]
     table = (out / "table.md").read_text()

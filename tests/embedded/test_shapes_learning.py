@@ -18,7 +18,8 @@ from pointcopy.processing import PointCopyProcessor
 
 
 def test_short_run_points_above_chance(tmp_path):
-    recipe = ShapesRecipe(train_items=800, test_items=48, steps=300, batch_size=16, max_objects=6, threads=2)
+    recipe = ShapesRecipe(train_items=800, test_items=48, steps=300, batch_size=16, max_objects=6, threads=2,
+                          vision_warmup_steps=100)
     build_data(tmp_path, recipe, progress=False)
     model_dir = train_variant(tmp_path, recipe, "copy", progress=False)
     model = PointCopyForConditionalGeneration.from_pretrained(model_dir).eval()

@@ -155,8 +155,8 @@ def pretrain_vision(model, processor, train_items: list[dict], train_images: Pat
     visual.train()
     t0 = time.perf_counter()
     for _ in tqdm(range(steps), desc="vision warm-up", unit="step", disable=not progress):
-        pixel_values, grid_thw, labels, objects = _batch(rng.sample(train_items, batch_size), Path(train_images),
-                                                         processor)
+        chosen = rng.sample(train_items, min(batch_size, len(train_items)))
+        pixel_values, grid_thw, labels, objects = _batch(chosen, Path(train_images), processor)
         loss, _, _ = _losses(_features(model, pixel_values, grid_thw), labels, objects, head)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

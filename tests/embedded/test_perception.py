@@ -68,3 +68,7 @@ def test_vision_init_is_built_once_and_shared(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr("pointcopy.embedded.perception.pretrain_vision", lambda *a, **k: calls.append(1))
     assert vision_init(tmp_path, recipe, seed=3, progress=False) == out and not calls
+    with pytest.raises(ValueError, match="vision-init-seed3 was built with .*steps.: 2"):
+        vision_init(tmp_path, recipe.with_(vision_warmup_steps=5), seed=3, progress=False)
+    with pytest.raises(ValueError, match="preset_overrides"):
+        vision_init(tmp_path, recipe.with_(preset_overrides={"layers": 6}), seed=3, progress=False)

@@ -118,7 +118,13 @@ def vision_init(root: str | Path, recipe: ShapesRecipe, seed: int, progress: boo
 
     root = Path(root)
     out = root / "runs" / f"vision-init-seed{seed}"
+    wanted = {"steps": recipe.vision_warmup_steps, "preset_overrides": dict(recipe.preset_overrides)}
     if (out / "config.json").is_file():
+        built = json.loads((out / "warmup.json").read_text())
+        built = {"steps": built.get("steps"), "preset_overrides": built.get("preset_overrides", {})}
+        if built != wanted:  # a stale tower of another model shape would load wrongly or silently differ
+            raise ValueError(f"{out} was built with {built}, this recipe needs {wanted}: delete it or use another "
+                             f"--root")
         return out
     torch.set_num_threads(recipe.threads)
     model, processor = build_preset(PRESET, seed=seed, **recipe.preset_overrides)
@@ -130,7 +136,7 @@ def vision_init(root: str | Path, recipe: ShapesRecipe, seed: int, progress: boo
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
-    (tmp / "warmup.json").write_text(json.dumps(report, indent=1))
+    (tmp / "warmup.json").write_text(json.dumps({**report, **wanted}, indent=1))
     tmp.rename(out)
     return out
 

@@ -31,10 +31,14 @@ from ..geometry import MergedGrid, box_to_cells, box_area
 __all__ = ["HEADS", "cell_labels", "pretrain_vision"]
 
 IGNORE = -100
-# head name -> number of classes; column order of `cell_labels`
-HEADS: dict[str, int] = {"object": 2, "size": len(SIZES), "color": len(COLORS), "material": len(MATERIALS),
-                         "shape": len(SHAPES)}
+# attribute -> its values (class index = position); heads are "object" (vs background) then these, in this order
 _VOCAB = {"size": list(SIZES), "color": list(COLORS), "material": list(MATERIALS), "shape": list(SHAPES)}
+HEADS: dict[str, int] = {"object": 2, **{name: len(values) for name, values in _VOCAB.items()}}
+
+
+def _attribute_targets(obj: dict) -> list[int]:
+    """Class index of each attribute of a scene object, in `_VOCAB` order."""
+    return [_VOCAB[a].index(obj[a]) for a in _VOCAB]
 
 
 def _overlap(box, cell_box) -> float:
@@ -67,7 +71,7 @@ def cell_labels(objects: list[dict], image_size: tuple[int, int], grid: MergedGr
             if labels[k, 0] == 1 and cover <= best[k]:
                 continue
             best[k] = cover
-            labels[k] = torch.tensor([1] + [_VOCAB[a].index(obj[a]) for a in ("size", "color", "material", "shape")])
+            labels[k] = torch.tensor([1] + _attribute_targets(obj))
     return labels
 
 
@@ -86,7 +90,7 @@ def _batch(items: list[dict], images_dir: Path, processor):
         labels.append(cell_labels(it["scene"]["objects"], img.size, grid))
         for obj in it["scene"]["objects"]:
             cells = [offset + k for k in box_to_cells(obj["box"], img.size, grid)]
-            objects.append((cells, [_VOCAB[a].index(obj[a]) for a in _VOCAB]))
+            objects.append((cells, _attribute_targets(obj)))
         offset += grid.num_cells
     return enc["pixel_values"], enc["image_grid_thw"], torch.cat(labels), objects
 

@@ -56,6 +56,28 @@ def test_objects_disjoint_inside_tight_and_in_raster_order():
         assert fg.sum() == sum(fg[o.box[1] : o.box[3], o.box[0] : o.box[2]].sum() for o in sc.objects)
 
 
+def _objects_sharing_a_cell(scene) -> int:
+    cells = [set(box_to_cells(o.box, scene.size)) for o in scene.objects]
+    return sum(any(c & d for j, d in enumerate(cells) if j != i) for i, c in enumerate(cells))
+
+
+def test_exclusive_cells_give_every_object_cells_of_its_own():
+    free, exclusive = SceneConfig(max_objects=8), SceneConfig(max_objects=8, exclusive_cells=True)
+    scenes = [generate_scene(s, exclusive) for s in range(300)]
+    assert sum(map(_objects_sharing_a_cell, scenes)) == 0
+    assert max(len(sc.objects) for sc in scenes) == 8  # crowded scenes still fit
+    for sc in scenes[:40]:  # still separated by the gap, inside the margin, tight and in raster order
+        for i, a in enumerate(sc.objects):
+            assert exclusive.margin <= a.box[0] and a.box[2] <= sc.width - exclusive.margin
+            for b in sc.objects[i + 1:]:
+                assert (a.box[2] + exclusive.gap <= b.box[0] or b.box[2] + exclusive.gap <= a.box[0]
+                        or a.box[3] + exclusive.gap <= b.box[1] or b.box[3] + exclusive.gap <= a.box[1])
+        firsts = [min(box_to_cells(o.box, sc.size)) for o in sc.objects]
+        assert firsts == sorted(firsts)
+    # Free placement is what makes cells shared: most scenes have some.
+    assert sum(_objects_sharing_a_cell(generate_scene(s, free)) > 0 for s in range(100)) > 50
+
+
 def test_position_tint_colours_each_cell_and_keeps_boxes_tight():
     from dataclasses import replace
 

@@ -31,6 +31,8 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pointcopy.geometry import box_to_cells
+
 __all__ = [
     "SHAPES",
     "COLORS",
@@ -78,6 +80,12 @@ class SceneConfig:
         large_px, small_px: box side of large / small objects.
         gap: minimum distance in px between two boxes (and from a box to the image border: ``margin``).
         margin: minimum distance from a box to the image border.
+        exclusive_cells: no merged cell (``CELL`` px square) holds parts of two objects, so every cell a pointer
+            copies for an object shows that object alone. Each glyph is then placed inside a block of
+            ``ceil(side / CELL)`` cells per axis (at a random offset within it). With objects free to straddle
+            cells, 58% of objects shared a cell with a neighbour, and the shipped model misread their attributes
+            about twice as often as those of objects with cells of their own (size 0.21 vs 0.09, colour 0.26 vs
+            0.14, shape 0.34 vs 0.16 of objects); 55-72% of those wrong words were the cell-sharer's.
         position_tint: per-cell background tint step (0 = plain background). The merged cell in row r, column c
             is filled with ``BACKGROUND - position_tint * (c, r, 0)``, like graph paper with coloured squares:
             Qwen2.5-VL's vision tower has no absolute position embedding (only 2-D rotary attention), so without
@@ -92,6 +100,7 @@ class SceneConfig:
     small_px: int = 18
     gap: int = 4
     margin: int = 2
+    exclusive_cells: bool = False
     position_tint: int = 0
 
     def __post_init__(self) -> None:
@@ -169,14 +178,26 @@ class Scene:
 
 def raster_key(box: tuple[float, float, float, float], size: tuple[int, int]) -> tuple[int, float, float]:
     """Sort key of a box in an image of ``size``: its first merged cell's slot, then centre x, then centre y."""
-    from pointcopy.geometry import box_to_cells
-
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
     return min(box_to_cells(box, size)), cx, cy
 
 
 def _separated(a: tuple[int, int, int, int], b: tuple[int, int, int, int], gap: int) -> bool:
     return a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
+
+
+def _position(rng: random.Random, cfg: SceneConfig, side: int, extent: int) -> int:
+    """Left (or top) edge of a glyph of ``side`` px on an image axis of ``extent`` px.
+
+    Free placement: anywhere ``margin`` px inside the image. With ``exclusive_cells``: inside a random block of
+    ``ceil(side / CELL)`` cells, so the glyph touches no more cells than it must (a free 18-px glyph straddles a
+    cell border 61% of the time per axis, which leaves few cells free for the other objects)."""
+    if not cfg.exclusive_cells:
+        return rng.randint(cfg.margin, extent - cfg.margin - side)
+    span = -(-side // CELL)
+    start = rng.randrange(extent // CELL - span + 1) * CELL
+    lo, hi = max(start, cfg.margin), min(start + span * CELL, extent - cfg.margin) - side
+    return rng.randint(lo, hi)
 
 
 def _glyph_box(shape: str, side: int, x: int, y: int) -> tuple[int, int, int, int]:
@@ -212,15 +233,21 @@ def generate_scene(seed: Any, config: SceneConfig | None = None, num_objects: in
         # Place large objects first: they are the hard ones to fit.
         order = sorted(range(n), key=lambda i: attrs[i][2] != "large")
         boxes: dict[int, tuple[int, int, int, int]] = {}
+        cells: dict[int, set[int]] = {}  # merged cells of each placed object (exclusive_cells only)
         for i in order:
             side = cfg.large_px if attrs[i][2] == "large" else cfg.small_px
             for _try in range(100):
-                x = rng.randint(cfg.margin, w - cfg.margin - side)
-                y = rng.randint(cfg.margin, h - cfg.margin - side)
+                x, y = _position(rng, cfg, side, w), _position(rng, cfg, side, h)
                 box = _glyph_box(attrs[i][0], side, x, y)
-                if all(_separated(box, b, cfg.gap) for b in boxes.values()):
-                    boxes[i] = box
-                    break
+                if not all(_separated(box, b, cfg.gap) for b in boxes.values()):
+                    continue
+                if cfg.exclusive_cells:
+                    mine = set(box_to_cells(box, (w, h)))
+                    if any(mine & taken for taken in cells.values()):
+                        continue
+                    cells[i] = mine
+                boxes[i] = box
+                break
             else:
                 break
         if len(boxes) == n:

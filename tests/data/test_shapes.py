@@ -199,7 +199,7 @@ def test_trace_plans_quoted_steps_and_marks_every_object_locally():
                 running[i] += hit
                 # each filter word beside the object's word for the same attribute (describe() is in ATTR_ORDER)
                 own = describe(o).split()
-                pairs = " ".join(f"{w} = {own[ATTR_ORDER.index(a)]}"
+                pairs = " ".join(f"{w} {own[ATTR_ORDER.index(a)]} {'equal' if w == own[ATTR_ORDER.index(a)] else 'not'}"
                                  for w, (a, _) in zip(canonical_words(s.filter).split(), s.filter.attrs))
                 want = f"{pairs} {'yes' if hit else 'no'} {running[i]}"
                 if hit and q.family == "attribute":  # the answer, read from this line's own attribute words
@@ -207,8 +207,10 @@ def test_trace_plans_quoted_steps_and_marks_every_object_locally():
                     want += f". It is {'a ' if q.asked == 'shape' else ''}{value}"
                     assert q.asked == "material" or value in describe(o).split()
                 assert mark == want, (it.id, line)
-                # the mark is decidable from the line alone: every pair of the mark is equal
-                contained = all(x == y for x, y in re.findall(r"(\w+) = (\w+)", mark))
+                # the mark is decidable from the line alone: every pair's verdict is `equal`
+                verdicts = re.findall(r"\b(equal|not)\b", mark)
+                assert len(verdicts) == len(s.filter.attrs)
+                contained = all(v == "equal" for v in verdicts)
                 removed_earlier = q.family == "subtraction" and any(o.id in p.objects for p in q.steps[:i])
                 assert hit == (contained and not removed_earlier), (it.id, line)
         steps_text = "\n".join(lines[len(scene.objects) + 2:])

@@ -3,8 +3,8 @@
 Layout of the ``copy`` variant (before the processor's region expansion)::
 
     Find: red things = red; tiny matte balls = small matte sphere.
-    detect(query="object", objects=["<obj1>"]) large red shiny cube: red = red yes 1; small = large matte = shiny sphere = cube no 0
-    detect(query="object", objects=["<obj2>"]) small cyan matte sphere: red = cyan no 1; small = small matte = matte sphere = sphere yes 1
+    detect(query="object", objects=["<obj1>"]) large red shiny cube: red red equal yes 1; small large not matte shiny not sphere cube not no 0
+    detect(query="object", objects=["<obj2>"]) small cyan matte sphere: red cyan not no 1; small small equal matte matte equal sphere sphere equal yes 1
     ...                              (every object in raster order: copy, attributes, then one mark per step)
     There are 5 objects.
     red things: 2. 5 - 2 = 3.
@@ -18,13 +18,13 @@ The trace is written so that every decision a small model has to make is *local*
 * each object's ``detect`` copies its patches and is followed by its four attributes in canonical words (size,
   colour, ``shiny``/``matte``, shape: the attributes the answer depends on are supervised right after the copy),
   then one mark per step: each of the step's canonical words beside the object's own word for that attribute
-  (``matte = shiny``), ``yes``/``no`` (does the object count for the step: every pair is equal and, for a second
-  subtraction hop, it was not removed by the first) and the step's running count. Choosing the *set*
+  and their verdict (``matte shiny not``), ``yes``/``no`` (does the object count for the step: every verdict is
+  ``equal`` and, for a second subtraction hop, it was not removed by the first) and the step's running count. Choosing the *set*
   of matching objects in one go was what an earlier layout (a ``detect`` call per step listing the objects)
   failed at: 0.1 of steps right, answer accuracy 0.34;
 * step lines read the last running count and spell out the arithmetic; a comparison puts the question's
   relation word beside it (``2 < 4: fewer yes.``); an attribute question's matching object states the answer in
-  its own mark (``large = large shiny = shiny yes 1. It is red``) and the step line repeats it:
+  its own mark (``large large equal shiny shiny equal yes 1. It is red``) and the step line repeats it:
   ``large shiny thing: <obj3>. It is red.``. Every trace ends ``Answer: X``.
 
 Variants of one item (:func:`variants`), differing only in region markup:
@@ -79,10 +79,17 @@ def canonical_words(f: Filter) -> str:
 
 
 def _comparison(f: Filter, o: SceneObject) -> str:
-    """``small = large matte = matte``: each of the filter's canonical words beside the object's own word for that
-    attribute, in the enumeration's order, so that the step's yes/no only compares adjacent pairs."""
+    """``small large not matte matte equal``: each of the filter's canonical words, the object's own word for that
+    attribute, and whether the two are equal, in the enumeration's order.
+
+    Each verdict compares the two words just before it, and the step's yes/no then only has to see whether any
+    verdict of its mark is ``not``. With the pairs written ``small = large matte = matte`` and no verdicts, yes/no
+    had to check every pair at once: the shipped model of that layout (seed 0, 1,500 steps, cells of their own)
+    wrote a wrong yes/no with every description right in 35 of its 300 held-out answers (0.727 answered right);
+    with the verdicts, 1 (0.847). Same token count: each ``=`` became a verdict after the pair."""
     attrs = dict(f.attrs)
-    return " ".join(f"{_word(a, attrs[a])} = {_word(a, o.attr(a))}" for a in ATTR_ORDER if a in attrs)
+    pairs = ((_word(a, attrs[a]), _word(a, o.attr(a))) for a in ATTR_ORDER if a in attrs)
+    return " ".join(f"{want} {have} {'equal' if want == have else 'not'}" for want, have in pairs)
 
 
 def _word(attribute: str, value: str) -> str:
@@ -96,13 +103,13 @@ def _value_phrase(o: SceneObject, asked: str) -> str:
 
 
 def _marks(scene: Scene, steps: list[Step], asked: str | None = None) -> dict[int, str]:
-    """``{object id: "red = red yes 1; large = small purple = red no 0"}``: per step, its canonical words each
-    paired with the object's own word for that attribute, does the object count for it, and the step's running
-    count.
+    """``{object id: "red red equal yes 1; large small not purple red not no 0"}``: per step, its canonical words
+    each paired with the object's own word for that attribute and their verdict, does the object count for it,
+    and the step's running count.
 
     Repeating a step's words on every line keeps the decisions local: the words are copied from the line above
-    (or the plan), each is paired with the same attribute's word of the description just written, and yes/no only
-    compares adjacent pairs. (Marks without the words -- ``yes 1, no 0`` -- had to match against the plan line
+    (or the plan), each is paired with the same attribute's word of the description just written and judged
+    (see :func:`_comparison`), and yes/no only reads the verdicts. (Marks without the words -- ``yes 1, no 0`` -- had to match against the plan line
     ~100 tokens back: 0.76 of marks right. With the words but no pairs -- ``small matte sphere no 0`` -- the
     model had to find each word among the description's and was right 0.87 of the time even when the description
     was right, answer accuracy 0.47; with the pairs 0.99 and 0.59; same data, 1,500 steps and seed.) A step's
@@ -110,7 +117,7 @@ def _marks(scene: Scene, steps: list[Step], asked: str | None = None) -> dict[in
     of a step is the number its step line states.
 
     For an attribute question (``asked`` = the asked attribute) the one matching object's mark also states the
-    answer, read from the attribute words on its own line: ``large = large shiny = shiny yes 1. It is red``. The
+    answer, read from the attribute words on its own line: ``large large equal yes 1. It is red``. The
     step line then only repeats what follows the trace's one earlier ``It is``. (Naming the object there and
     looking up its colour in its line ~60 tokens back answered attribute questions right 0.33-0.35 of the time.)
     """

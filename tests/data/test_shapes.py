@@ -249,6 +249,21 @@ def test_records_validate_and_split_resumes(tmp_path):
     assert (tmp_path / "a/images/shapes-7-000003.png").read_bytes() == (tmp_path / "b/images/shapes-7-000003.png").read_bytes()
 
 
+def test_split_refuses_to_resume_a_split_built_with_other_settings(tmp_path):
+    build_split(tmp_path / "s", 3, seed=5, config=SceneConfig(max_objects=5))
+    build_split(tmp_path / "s", 4, seed=5, config=SceneConfig(max_objects=5))  # same settings: resumes
+    assert len(read_items(tmp_path / "s")) == 4
+    with pytest.raises(ValueError, match=r"other settings \(scenes differ\)"):
+        build_split(tmp_path / "s", 4, seed=5, config=SceneConfig(max_objects=5, exclusive_cells=True))
+    with pytest.raises(ValueError, match=r"seed differ"):
+        build_split(tmp_path / "s", 4, seed=6, config=SceneConfig(max_objects=5))
+    (tmp_path / "s" / "split.json").unlink()  # a split from before settings were recorded
+    with pytest.raises(ValueError, match="older pointcopy"):
+        build_split(tmp_path / "s", 4, seed=5, config=SceneConfig(max_objects=5))
+    build_split(tmp_path / "s", 2, seed=5, config=SceneConfig(max_objects=5, exclusive_cells=True), resume=False)
+    assert len(read_items(tmp_path / "s")) == 2
+
+
 def test_build_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="unknown variants"):
         build_split(tmp_path, 2, variants_="pointer")

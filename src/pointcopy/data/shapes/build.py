@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -28,7 +28,7 @@ from pointcopy.jsonl import drop_partial_last_line
 
 from .questions import FAMILIES, Question, sample_question
 from .scene import Scene, SceneConfig, generate_scene, render
-from .traces import VARIANTS, model_text, variants
+from .traces import TRACE_FORMAT, VARIANTS, model_text, variants
 
 __all__ = ["Item", "item_id", "make_item", "item_record", "item_row", "png_bytes", "build_split", "read_items",
            "trace_lengths"]
@@ -169,8 +169,9 @@ def build_split(
     paths = {v: out / f"{v}.jsonl" for v in names}
     paths["items"] = out / "items.jsonl"
     if not resume:
-        for p in paths.values():
+        for p in [*paths.values(), out / SETTINGS_FILE]:
             p.unlink(missing_ok=True)
+    _check_settings(out, seed, config, families, fresh=not any(p.exists() for p in paths.values()))
     if tokenizer == "tiny":
         from pointcopy.presets import build_tiny_tokenizer
 
@@ -203,6 +204,30 @@ def build_split(
         bar.update(min(n, lo + chunk) - lo)
     bar.close()
     return paths
+
+
+SETTINGS_FILE = "split.json"
+
+
+def _check_settings(out: Path, seed: int, config: SceneConfig | None, families: Sequence[str], fresh: bool) -> None:
+    """Record what a split is built from (`split.json`), and refuse to add to a split built from anything else.
+
+    Resuming appends only missing ids, so without this check a folder built by an older scene generator or trace
+    layout would be silently reused (or mixed) under a newer recipe."""
+    wanted = {"seed": seed, "scenes": asdict(config or SceneConfig()), "families": list(families),
+              "trace_format": TRACE_FORMAT}
+    path = out / SETTINGS_FILE
+    if path.exists():
+        built = json.loads(path.read_text())
+        if built != wanted:
+            diff = sorted(k for k in wanted if built.get(k) != wanted[k])
+            raise ValueError(f"{out}: this split was built with other settings ({', '.join(diff)} differ); delete "
+                             f"the folder or use another --root")
+    elif not fresh:
+        raise ValueError(f"{out}: holds a split without {SETTINGS_FILE} (built by an older pointcopy), so its scene and "
+                         f"trace settings are unknown; delete the folder or use another --root")
+    else:
+        path.write_text(json.dumps(wanted, indent=1))
 
 
 def read_items(path: str | Path) -> list[dict]:

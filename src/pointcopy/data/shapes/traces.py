@@ -44,10 +44,12 @@ from pointcopy.data.v1g import expand_regions
 from .questions import ATTR_ORDER, Filter, Question, Step
 from .scene import Scene, SceneObject
 
-__all__ = ["VARIANTS", "STEP_CALL", "ENUM_QUERY", "PLAN_PREFIX", "describe", "canonical_words", "object_key", "trace_text", "regions", "variants",
+__all__ = ["VARIANTS", "TRACE_FORMAT", "STEP_CALL", "ENUM_QUERY", "PLAN_PREFIX", "describe", "canonical_words", "object_key", "trace_text", "regions", "variants",
            "strip_copies"]
 
 VARIANTS = ("copy", "coord", "nocopy")
+# Bumped whenever the text of a trace changes, so a split built with an older layout is not reused (build.py).
+TRACE_FORMAT = "verdicts-1"
 STEP_CALL = "detect"
 ENUM_QUERY = "object"
 PLAN_PREFIX = "Find: "

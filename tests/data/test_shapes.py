@@ -112,6 +112,8 @@ def test_scene_config_errors_and_forced_count():
     assert len(generate_scene("x", num_objects=10).objects) == 10
     with pytest.raises(ValueError, match="could not place"):
         generate_scene("x", SceneConfig(min_side=56, max_side=56), num_objects=10)
+    with pytest.raises(ValueError, match="27-px glyph leaves less than margin"):
+        SceneConfig(small_px=27, exclusive_cells=True)
 
 
 def test_metal_has_highlight_and_rim_rubber_is_flat():
@@ -199,8 +201,8 @@ def test_trace_plans_quoted_steps_and_marks_every_object_locally():
                 running[i] += hit
                 # each filter word beside the object's word for the same attribute (describe() is in ATTR_ORDER)
                 own = describe(o).split()
-                pairs = " ".join(f"{w} {own[ATTR_ORDER.index(a)]} {'equal' if w == own[ATTR_ORDER.index(a)] else 'not'}"
-                                 for w, (a, _) in zip(canonical_words(s.filter).split(), s.filter.attrs))
+                words = [(w, own[ATTR_ORDER.index(a)]) for w, (a, _) in zip(canonical_words(s.filter).split(), s.filter.attrs)]
+                pairs = " ".join(f"{w} {mine} {'equal' if w == mine else 'not'}" for w, mine in words)
                 want = f"{pairs} {'yes' if hit else 'no'} {running[i]}"
                 if hit and q.family == "attribute":  # the answer, read from this line's own attribute words
                     value = o.attr(q.asked)

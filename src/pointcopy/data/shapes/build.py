@@ -30,6 +30,8 @@ from .questions import FAMILIES, Question, sample_question
 from .scene import Scene, SceneConfig, generate_scene, render
 from .traces import TRACE_FORMAT, VARIANTS, model_text, variants
 
+SETTINGS_FILE = "split.json"  # what a split folder was built from (see _check_settings)
+
 __all__ = ["Item", "item_id", "make_item", "item_record", "item_row", "png_bytes", "build_split", "read_items",
            "trace_lengths"]
 
@@ -204,9 +206,6 @@ def build_split(
         bar.update(min(n, lo + chunk) - lo)
     bar.close()
     return paths
-
-
-SETTINGS_FILE = "split.json"
 
 
 def _check_settings(out: Path, seed: int, config: SceneConfig | None, families: Sequence[str], fresh: bool) -> None:

@@ -116,6 +116,11 @@ class SceneConfig:
         if not 0 <= self.position_tint * (self.max_side // CELL - 1) <= 100:
             raise ValueError(f"SceneConfig: position_tint={self.position_tint} must be >= 0 and keep the background "
                              f"bright (step x cells <= 100)")
+        for side in (self.small_px, self.large_px) if self.exclusive_cells else ():
+            # the glyph must fit its block of cells with the margin to spare, also in a block at the image border
+            if -(-side // CELL) * CELL - side < self.margin:
+                raise ValueError(f"SceneConfig: with exclusive_cells a {side}-px glyph leaves less than margin="
+                                 f"{self.margin} px in its {-(-side // CELL)}-cell block; use another size or margin")
         if self.gap < 0 or self.margin < 0:
             raise ValueError(f"SceneConfig: gap and margin must be >= 0, got {self.gap}, {self.margin}")
 

@@ -1,38 +1,79 @@
-"""`PointCopyTrainer`: the Hugging Face Trainer plus point-and-copy metrics and a separate vision learning rate.
+"""`PointCopyTrainer`: the Hugging Face Trainer plus point-and-copy metrics, a separate vision learning rate and
+length chunks.
 
 Logged every `logging_steps` (averaged over the micro-batches since the last log): `gen_loss`, `copy_loss`
 (they add up to the cross-entropy), `z_loss`, `copy_acc` (argmax == target over pointer targets).
+
+`length_chunks=n` runs each training micro-batch as n length-sorted sub-batches (`chunks.split_by_length`) and
+adds their losses weighted by supervised tokens: the same loss and gradient as one padded forward, with less
+padding computed (~1.25x faster per step on shapes-tiny, `benchmarks/length_chunks.py`).
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import torch
 from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from .chunks import IGNORE_INDEX, split_by_length, supervised_tokens
+
 VISION_PREFIXES = ("model.visual.", "base_model.model.model.visual.")
+_DIAGNOSTICS = ("gen_loss", "copy_loss", "z_loss", "copy_accuracy")
 
 
 class PointCopyTrainer(Trainer):
-    def __init__(self, *args, vision_lr_scale: float = 1.0, adam_beta2: float | None = None, **kwargs):
+    def __init__(self, *args, vision_lr_scale: float = 1.0, adam_beta2: float | None = None,
+                 length_chunks: int = 1, **kwargs):
         super().__init__(*args, **kwargs)
+        if length_chunks < 1:
+            raise ValueError(f"length_chunks must be >= 1, got {length_chunks}")
         self.vision_lr_scale = vision_lr_scale
         self.adam_beta2 = adam_beta2
+        self.length_chunks = length_chunks
         self._sums: dict[str, float] = defaultdict(float)
         self._counts: dict[str, int] = defaultdict(int)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.length_chunks > 1 and model.training and not return_outputs:
+            return self._chunked_loss(model, inputs)
         outputs = model(**inputs)
         if model.training:
-            for name in ("gen_loss", "copy_loss", "z_loss", "copy_accuracy"):
-                value = getattr(outputs, name, None)
-                if value is not None and torch.isfinite(value):
-                    key = "copy_acc" if name == "copy_accuracy" else name
-                    self._sums[key] += float(value)
-                    self._counts[key] += 1
+            self._record({name: getattr(outputs, name, None) for name in _DIAGNOSTICS})
         return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def _chunked_loss(self, model, inputs) -> torch.Tensor:
+        """The batch's loss as the supervised-token-weighted sum of its length chunks' losses (equal to the
+        padded batch's mean-over-tokens loss, so the gradient is the same). Diagnostics are combined the same
+        way (copy accuracy weighted by pointer targets), so they match an unchunked run's."""
+        config = self.model.config
+        chunks = split_by_length(inputs, self.length_chunks, config.vision_start_token_id)
+        total_tokens = max(supervised_tokens(inputs["labels"]), 1)
+        loss, parts, pointer_hits, pointers = 0.0, defaultdict(float), 0.0, 0
+        for chunk in chunks:
+            outputs = model(**chunk)
+            share = supervised_tokens(chunk["labels"]) / total_tokens
+            loss = loss + outputs.loss * share
+            for name in ("gen_loss", "copy_loss", "z_loss"):
+                value = getattr(outputs, name, None)
+                if value is not None:
+                    parts[name] += float(value) * share
+            targets = chunk["labels"][:, 1:]
+            n_ptr = int(((targets != IGNORE_INDEX) & (targets >= config.copy_token_start)).sum())
+            if n_ptr and outputs.copy_accuracy is not None:
+                pointer_hits += float(outputs.copy_accuracy) * n_ptr
+                pointers += n_ptr
+        self._record({**parts, "copy_accuracy": pointer_hits / pointers if pointers else None})
+        return loss
+
+    def _record(self, values: dict) -> None:
+        for name, value in values.items():
+            if value is not None and math.isfinite(float(value)):
+                key = "copy_acc" if name == "copy_accuracy" else name
+                self._sums[key] += float(value)
+                self._counts[key] += 1
 
     def log(self, logs, start_time=None):
         if "loss" in logs:  # training log: attach our averages

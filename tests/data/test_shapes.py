@@ -192,8 +192,9 @@ def test_trace_plans_quoted_steps_and_marks_every_object_locally():
         # Plan: each step's phrase, verbatim from the question, then its canonical words.
         assert lines[0] == "Find: " + "; ".join(f"{s.query} = {canonical_words(s.filter)}" for s in q.steps) + "."
         assert all(s.query in q.text for s in q.steps)
+        head = 2 if q.family == "compare" else 1  # a comparison's relation line follows the plan
         running = [0] * len(q.steps)
-        for o, line in zip(scene.objects, lines[1:]):
+        for o, line in zip(scene.objects, lines[head:]):
             words, marks = line.split(": ")
             assert words.endswith(describe(o))
             for i, (mark, s) in enumerate(zip(marks.split("; "), q.steps)):
@@ -215,12 +216,13 @@ def test_trace_plans_quoted_steps_and_marks_every_object_locally():
                 contained = all(v == "equal" for v in verdicts)
                 removed_earlier = q.family == "subtraction" and any(o.id in p.objects for p in q.steps[:i])
                 assert hit == (contained and not removed_earlier), (it.id, line)
-        steps_text = "\n".join(lines[len(scene.objects) + 2:])
+        steps_text = "\n".join(lines[len(scene.objects) + head + 1:])
         for s, k in zip(q.steps, running):
             stated = f"{s.query}: <obj{s.objects[0]}>." if q.family == "attribute" else f"{s.query}: {k}."
             assert stated in steps_text
-        if q.family == "compare":  # the relation word beside the comparison, then the verdict
-            assert re.search(rf"^\d+ [<>=] \d+: {q.relation} {q.answer}\.$", steps_text, re.M), steps_text
+        if q.family == "compare":  # the relation line under the plan, repeated before the comparison and verdict
+            assert re.search(rf"^Compare: {q.relation}\. \d+ [<>=] \d+: {q.answer}\.$", steps_text, re.M), steps_text
+            assert lines[1] == f"Compare: {q.relation}."
         if q.family == "attribute":  # exactly one earlier "It is", whose value the step line repeats
             value = steps_text.split("It is ")[1].split(".")[0]
             assert trace_text(scene, q).count("It is ") == 2 and f"It is {value}" in lines[q.steps[0].objects[0]]

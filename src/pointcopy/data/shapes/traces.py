@@ -3,6 +3,7 @@
 Layout of the ``copy`` variant (before the processor's region expansion)::
 
     Find: red things = red; tiny matte balls = small matte sphere.
+    (Compare: more.                  a comparison only: the question's relation word)
     detect(query="object", objects=["<obj1>"]) large red shiny cube: red red equal yes 1; small large not matte shiny not sphere cube not no 0
     detect(query="object", objects=["<obj2>"]) small cyan matte sphere: red cyan not no 1; small small equal matte matte equal sphere sphere equal yes 1
     ...                              (every object in raster order: copy, attributes, then one mark per step)
@@ -22,8 +23,10 @@ The trace is written so that every decision a small model has to make is *local*
   ``equal`` and, for a second subtraction hop, it was not removed by the first) and the step's running count. Choosing the *set*
   of matching objects in one go was what an earlier layout (a ``detect`` call per step listing the objects)
   failed at: 0.1 of steps right, answer accuracy 0.34;
-* step lines read the last running count and spell out the arithmetic; a comparison puts the question's
-  relation word beside it (``2 < 4: fewer yes.``); an attribute question's matching object states the answer in
+* step lines read the last running count and spell out the arithmetic; a comparison states the question's
+  relation word on its own line under the plan (``Compare: fewer.``, read from the question just above) and
+  repeats that line before the comparison (``Compare: fewer. 2 < 4: yes.``), so the word is copied after the
+  same prefix instead of chosen after ``<``/``>`` (see :func:`trace_text`); an attribute question's matching object states the answer in
   its own mark (``large large equal shiny shiny equal yes 1. It is red``) and the step line repeats it:
   ``large shiny thing: <obj3>. It is red.``. Every trace ends ``Answer: X``.
 
@@ -44,15 +47,16 @@ from pointcopy.data.v1g import expand_regions
 from .questions import ATTR_ORDER, Filter, Question, Step
 from .scene import Scene, SceneObject
 
-__all__ = ["VARIANTS", "TRACE_FORMAT", "STEP_CALL", "ENUM_QUERY", "PLAN_PREFIX", "describe", "canonical_words", "object_key", "trace_text", "regions", "variants",
+__all__ = ["VARIANTS", "TRACE_FORMAT", "STEP_CALL", "ENUM_QUERY", "PLAN_PREFIX", "RELATION_PREFIX", "describe", "canonical_words", "object_key", "trace_text", "regions", "variants",
            "strip_copies"]
 
 VARIANTS = ("copy", "coord", "nocopy")
 # Bumped whenever the text of a trace changes, so a split built with an older layout is not reused (build.py).
-TRACE_FORMAT = "verdicts-1"
+TRACE_FORMAT = "verdicts-2"
 STEP_CALL = "detect"
 ENUM_QUERY = "object"
 PLAN_PREFIX = "Find: "
+RELATION_PREFIX = "Compare: "
 _MATERIAL_WORD = {"metal": "shiny", "rubber": "matte"}
 _COPY_RE = re.compile(r"<\|copy_\d+\|>")
 
@@ -140,6 +144,8 @@ def trace_text(scene: Scene, q: Question) -> str:
     """The ``copy``/``nocopy`` trace text (with ``<objN>`` keys, no regions) of question ``q`` on ``scene``."""
     steps = list(q.steps)
     lines = [PLAN_PREFIX + "; ".join(f"{s.query} = {canonical_words(s.filter)}" for s in steps) + "."]
+    if q.family == "compare":
+        lines.append(f"{RELATION_PREFIX}{q.relation}.")
     marks = _marks(scene, steps, q.asked if q.family == "attribute" else None)
     lines += [f"{_call(ENUM_QUERY, (o.id,), STEP_CALL)} {describe(o)}: {marks[o.id]}" for o in scene.objects]
     n = len(scene.objects)
@@ -160,8 +166,12 @@ def trace_text(scene: Scene, q: Question) -> str:
         lines += [f"{s.query}: {len(s.objects)}." for s in steps]
         yes = {"more": ka > kb, "fewer": ka < kb, "same": ka == kb}[q.relation]
         result = "yes" if yes else "no"
-        # The question's relation word next to the comparison, so the yes/no is decided where both are in view.
-        lines.append(f"{ka} {'>' if ka > kb else '<' if ka < kb else '='} {kb}: {q.relation} {result}.")
+        # The relation line again, then the comparison: yes/no is decided where the word and the sign are both in
+        # view. With the word only after the sign (``3 > 1: more yes.``) and nowhere in the trace before, the
+        # shipped model of that layout wrote the word the sign suggests instead of the question's in 10 of its 46
+        # wrong held-out answers; after the repeated prefix the word is a copy of the line under the plan.
+        lines.append(f"{RELATION_PREFIX}{q.relation}. {ka} {'>' if ka > kb else '<' if ka < kb else '='} {kb}: "
+                     f"{result}.")
     elif q.family == "attribute":
         (s,) = steps
         if len(s.objects) != 1:

@@ -39,4 +39,5 @@ def test_ablation_runs_all_conditions_and_writes_outputs(tmp_path):
     assert json.loads((out / "results.json").read_text())["seeds"] == [0, 1]
     table = (out / "table.md").read_text()
     assert table == markdown_table(summary) and "(b) copy-trained, pointing off" in table
+    assert summary["wall_seconds"] > 0 and f"{summary['wall_seconds'] / 60:.1f} minutes" in table
     assert Image.open(out / "ablation.png").size[0] > 600

@@ -106,7 +106,7 @@ def _loss_and_grads(model, collate, samples, chunks: int, tmp_path):
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     logged = {k: trainer._sums[k] / trainer._counts[k] for k in trainer._sums}
-    return float(loss), grads, logged
+    return loss.item(), grads, logged
 
 
 def test_chunked_loss_and_gradients_equal_the_padded_batch(tiny, tmp_path):
@@ -155,7 +155,7 @@ def test_training_with_chunks_reaches_the_same_weights(shapes_copy, tmp_path):
     plain = _weights_after(shapes_copy, tmp_path / "c1", 1)
     chunked = _weights_after(shapes_copy, tmp_path / "c3", 3)
     assert _max_difference(plain, chunked) < 1e-5
-    assert _max_difference(plain, load_file_of_fresh_tiny(tmp_path)) > 1e-3
+    assert _max_difference(plain, _fresh_tiny_weights(tmp_path)) > 1e-3
 
 
 def test_data_parallel_training_with_chunks_matches_unchunked(shapes_copy, tmp_path):
@@ -166,7 +166,7 @@ def test_data_parallel_training_with_chunks_matches_unchunked(shapes_copy, tmp_p
     assert _max_difference(plain, chunked) < 1e-5
 
 
-def load_file_of_fresh_tiny(tmp_path):
+def _fresh_tiny_weights(tmp_path):
     model, _ = build_preset("tiny", seed=42)  # TrainOptions' default seed initialises the preset
     model.save_pretrained(tmp_path / "fresh")
     return load_file(tmp_path / "fresh" / "model.safetensors")

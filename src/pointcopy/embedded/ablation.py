@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -61,6 +62,7 @@ def _pooled(results: list[dict], field: str) -> dict[str, dict]:
 
 def run_ablation(root: str | Path, recipe: ShapesRecipe, seeds=(0, 1, 2), eval_items: int | None = None,
                  progress: bool = True, echo=print) -> dict:
+    started = time.perf_counter()
     root = Path(root)
     out = root / "ablation"
     out.mkdir(parents=True, exist_ok=True)
@@ -79,7 +81,8 @@ def run_ablation(root: str | Path, recipe: ShapesRecipe, seeds=(0, 1, 2), eval_i
                 per_condition[key].append(res)
                 echo(f"  {label}: accuracy {res['answer_accuracy']:.3f}")
     summary = {"recipe": asdict(recipe), "seeds": list(seeds), "eval_items": eval_items or recipe.test_items,
-               "conditions": {}}
+               # this invocation only: a resumed ablation reuses finished trainings and counts just its own part
+               "wall_seconds": round(time.perf_counter() - started, 1), "conditions": {}}
     for key, variant, pointing, label in CONDITIONS:
         runs = per_condition[key]
         accs = [r["answer_accuracy"] for r in runs]
@@ -111,7 +114,9 @@ def _pct(x) -> str:
 def markdown_table(summary: dict) -> str:
     conds = summary["conditions"]
     lines = [f"Shapes world, {summary['eval_items']} held-out items x seeds {summary['seeds']}; "
-             f"{summary['recipe']['steps']} training steps per run. Accuracy % (95% CI).", "",
+             f"{summary['recipe']['steps']} training steps per run"
+             + (f"; {summary['wall_seconds'] / 60:.1f} minutes" if summary.get("wall_seconds") else "")
+             + ". Accuracy % (95% CI).", "",
              "| condition | accuracy | per seed | pointer precision | region IoU | attribute acc. | count acc. |",
              "|---|---|---|---|---|---|---|"]
     for key, c in conds.items():

@@ -34,8 +34,8 @@ class ShapesRecipe:
     position_tint: int = 0
     # Every merged cell shows at most one object (SceneConfig.exclusive_cells), so each copy is one object's evidence.
     exclusive_cells: bool = True
-    # 1,500 steps: 0.37 s/step (~9.5 min) with the earlier, shorter traces; the paired marks make traces ~28% longer
-    # and ran at 0.69-0.77 s/step on a shared 2-core machine (17-19 min). See README for the held-out metrics.
+    # 1,500 steps: 0.45-0.51 s/step with two processes and length chunks, 11-13 min of training (README, "Training
+    # time"); at 1,000 steps held-out answers fell from 0.883 to 0.627 (attribute questions 1.00 -> 0.27).
     steps: int = 1500
     batch_size: int = 16
     learning_rate: float = 3e-3
@@ -57,7 +57,7 @@ class ShapesRecipe:
     # fell from 0.56 to 0.34: batches of one scene size (and mostly one family) train much worse here.
     group_by_length: bool = False
     # Each rank's 8 rows run as 3 length-sorted sub-batches (training/chunks.py): the same batches and gradients
-    # with ~23% less padding computed; 0.80x the step time in `benchmarks/length_chunks.py`.
+    # with ~23% less padding computed; 0.74x the step time in `benchmarks/length_chunks.py`.
     length_chunks: int = 3
     model_seed: int = 0
     eval_batch_size: int = 16

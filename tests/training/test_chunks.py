@@ -125,6 +125,32 @@ def test_chunked_loss_and_gradients_equal_the_padded_batch(tiny, tmp_path):
         assert logged3[key] == pytest.approx(logged1[key], rel=1e-4, abs=1e-7), key
 
 
+def test_trainer_scores_only_supervised_positions_with_the_same_loss(tiny, tmp_path):
+    """The trainer asks for logits from the first position that predicts a supervised token on: fewer positions
+    scored, the same loss and gradients as the model scoring every position."""
+    model, _, collate = tiny
+    samples = _samples()
+    batch = collate(samples)
+    model.train()
+    model.zero_grad(set_to_none=True)
+    full = model(**batch)
+    full.loss.backward()
+    reference = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    from pointcopy.training.trainer import _supervised_logits
+
+    keep = _supervised_logits(batch, True)["logits_to_keep"]
+    first_label = int((batch["labels"] != -100).any(0).nonzero()[0])
+    assert keep == batch["labels"].shape[1] - (first_label - 1) < batch["labels"].shape[1]
+    assert model(**batch, logits_to_keep=keep).logits.shape[1] == keep
+    loss, grads, _ = _loss_and_grads(model, collate, samples, 1, tmp_path)
+    assert loss == pytest.approx(full.loss.item(), rel=1e-6)
+    assert grads.keys() == reference.keys()
+    for name in grads:
+        scale = reference[name].abs().max().clamp(min=1e-8)
+        assert float((grads[name] - reference[name]).abs().max() / scale) < 1e-5, name
+
+
 @pytest.fixture(scope="module")
 def shapes_copy(tmp_path_factory):
     """Real shapes-world v1g records: traces of 3-8 objects, so rows differ in length by up to ~2x."""

@@ -149,6 +149,8 @@ class PointCopyMixin:
                                  attentions=getattr(out, "attentions", None), copy_memory=memory,
                                  rope_deltas=rope_deltas)
         if labels is not None:
+            if logits.shape[1] != labels.shape[1]:  # logits_to_keep: the loss covers what the kept logits predict
+                labels = labels[:, -logits.shape[1]:]
             parts = point_copy_loss(logits, labels, cfg.copy_token_start, z_loss_weight=cfg.z_loss_weight,
                                     z_loss_top_k=cfg.z_loss_top_k, label_smoothing=cfg.label_smoothing,
                                     separate_copy_loss=cfg.separate_copy_loss)

@@ -24,6 +24,18 @@ VISION_PREFIXES = ("model.visual.", "base_model.model.model.visual.")
 _DIAGNOSTICS = ("gen_loss", "copy_loss", "z_loss", "copy_accuracy")
 
 
+def _supervised_logits(inputs: dict, trim: bool) -> dict:
+    """`logits_to_keep` so that only positions from the first one predicting a supervised token get logits: the
+    prompt (system, image, question) needs no vocabulary or pointer scores, and the loss is unchanged (the model
+    scores the labels its kept logits predict). Measured: see `benchmarks/length_chunks.py`."""
+    labels = inputs.get("labels")
+    if not trim or labels is None or labels.shape[1] < 2:
+        return {}
+    supervised = (labels[:, 1:] != IGNORE_INDEX).any(0).nonzero()
+    first = int(supervised[0]) if len(supervised) else labels.shape[1] - 2  # position predicting label first+1
+    return {"logits_to_keep": labels.shape[1] - first}
+
+
 class PointCopyTrainer(Trainer):
     def __init__(self, *args, vision_lr_scale: float = 1.0, adam_beta2: float | None = None,
                  length_chunks: int = 1, **kwargs):
@@ -39,7 +51,7 @@ class PointCopyTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.length_chunks > 1 and model.training and not return_outputs:
             return self._chunked_loss(model, inputs)
-        outputs = model(**inputs)
+        outputs = model(**inputs, **_supervised_logits(inputs, model.training and not return_outputs))
         if model.training:
             self._record({name: getattr(outputs, name, None) for name in _DIAGNOSTICS})
         return (outputs.loss, outputs) if return_outputs else outputs.loss
@@ -53,7 +65,7 @@ class PointCopyTrainer(Trainer):
         total_tokens = max(supervised_tokens(inputs["labels"]), 1)
         loss, parts, pointer_hits, pointers = 0.0, defaultdict(float), 0.0, 0
         for chunk in chunks:
-            outputs = model(**chunk)
+            outputs = model(**chunk, **_supervised_logits(chunk, True))
             share = supervised_tokens(chunk["labels"]) / total_tokens
             loss = loss + outputs.loss * share
             for name in _DIAGNOSTICS[:-1]:  # the losses; copy accuracy is weighted by pointer targets below

@@ -23,6 +23,12 @@ def test_components_add_up_and_match_plain_cross_entropy():
     top = logits[:, :-1].reshape(-1, 13)[valid].topk(4, -1).values
     assert torch.allclose(parts.z_loss, 1e-5 * torch.logsumexp(top, -1).pow(2).mean())
     assert torch.allclose(parts.loss, parts.ce_loss + parts.z_loss)
+    # k <= 0 or k >= the width: the full partition function
+    every = logits[:, :-1].reshape(-1, 13)[valid]
+    full = 1e-5 * torch.logsumexp(every, -1).pow(2).mean()
+    for k in (0, -1, 13, 40):
+        z = point_copy_loss(logits, labels, 10, z_loss_weight=1e-5, z_loss_top_k=k).z_loss
+        assert torch.allclose(z, full) and not torch.allclose(z, parts.z_loss), k
 
 
 def test_separate_copy_loss():

@@ -59,6 +59,12 @@ class ShapesRecipe:
     # Each rank's 8 rows run as 3 length-sorted sub-batches (training/chunks.py): the same batches and gradients
     # with ~23% less padding computed; 0.74x the step time in `benchmarks/length_chunks.py`.
     length_chunks: int = 3
+    # Deal each global batch of 16 to the two ranks by length (training/sampling.py), so neither waits long.
+    balance_ranks: bool = True
+    # z-loss over the full partition function instead of the official top-40 one: the top-k alone cost ~10% of a
+    # step on CPU (`benchmarks/step_levers.py`); logsumexp over all ~1,100 logits is ~10x cheaper. Not switched off:
+    # at the end of training the z-loss is ~20% of the loss (0.0025 of 0.013), so it does shape the logits.
+    z_loss_top_k: int = 0
     model_seed: int = 0
     eval_batch_size: int = 16
     max_new_tokens: int = 640
@@ -104,8 +110,10 @@ def train_options(recipe: ShapesRecipe, data: str | Path, out_dir: str | Path, s
                         region_occurrences=REGION_RENDER["occurrences"], box_text=COPY_BOX_TEXT,
                         max_side=None, threads=recipe.threads, progress=progress,
                         group_by_length=recipe.group_by_length, length_chunks=recipe.length_chunks,
+                        balance_ranks=recipe.balance_ranks,
                         require_object_regions=require_object_regions,
-                        model_overrides=dict(recipe.preset_overrides) if model == PRESET else {})
+                        model_overrides={**(recipe.preset_overrides if model == PRESET else {}),
+                                         "z_loss_top_k": recipe.z_loss_top_k})
 
 
 def vision_init(root: str | Path, recipe: ShapesRecipe, seed: int, progress: bool = True) -> Path:

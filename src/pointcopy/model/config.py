@@ -36,7 +36,7 @@ class PointCopyConfig(Qwen2_5_VLConfig):
     do_copy: bool = True
     # -- loss --
     z_loss_weight: float = 1e-5
-    z_loss_top_k: int = 40
+    z_loss_top_k: int = 40  # <= 0: logsumexp over all logits (the full partition function)
     label_smoothing: float | bool = 0.0
     separate_copy_loss: bool = False
     # -- controlled-experiment switches (not in the official config) --

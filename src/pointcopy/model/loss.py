@@ -1,7 +1,8 @@
 """Joint point-and-copy loss (backbone-agnostic).
 
 One cross-entropy over the concatenated [vocab | pointer] logits (official, `separate_copy_loss=False`) plus the
-top-k z-loss `w * mean(logsumexp(topk(logits, k))**2)` over supervised positions. The returned components are
+top-k z-loss `w * mean(logsumexp(topk(logits, k))**2)` over supervised positions (k <= 0: all logits, i.e.
+Chameleon's full partition function). The returned components are
 diagnostics that add up: `gen_loss + copy_loss == ce_loss` (each is the CE summed over text-target resp.
 pointer-target positions divided by the number of supervised positions), `loss = ce_loss + z_loss`.
 
@@ -61,9 +62,11 @@ def point_copy_loss(logits: torch.Tensor, labels: torch.Tensor, copy_token_start
         copy_ce = (per_pos * is_copy).sum().detach() / n_valid
 
     if z_loss_weight:
-        k = min(z_loss_top_k, flat_logits.shape[-1])
-        top = flat_logits[valid].topk(k, dim=-1).values
-        z = z_loss_weight * torch.logsumexp(top, dim=-1).pow(2).mean() if top.numel() else ce.new_zeros(())
+        scored = flat_logits[valid]
+        if 0 < z_loss_top_k < scored.shape[-1]:
+            scored = scored.topk(z_loss_top_k, dim=-1).values
+        # k <= 0 or k >= width: the full partition function (no top-k: on CPU the top-k costs ~10x the logsumexp)
+        z = z_loss_weight * torch.logsumexp(scored, dim=-1).pow(2).mean() if scored.numel() else ce.new_zeros(())
     else:
         z = ce.new_zeros(())
 

@@ -60,6 +60,8 @@ class TrainOptions:
     group_by_length: bool = False  # batches of similar length (less padding; ~1.5x faster on mixed lengths)
     # run each micro-batch as N length-sorted sub-batches: same gradient, less padding (training/chunks.py)
     length_chunks: int = 1
+    # with several ranks, deal each random global batch to them by length (training/sampling.py)
+    balance_ranks: bool = True
     require_object_regions: bool = True  # v1g validation: every <objN> needs a region (off for text-only controls)
     threads: int | None = 1
     resume: bool = True
@@ -159,7 +161,8 @@ def train(options: TrainOptions) -> dict:
     )
     trainer = PointCopyTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                                data_collator=collator, vision_lr_scale=options.vision_lr_scale,
-                               adam_beta2=options.adam_beta2, length_chunks=options.length_chunks)
+                               adam_beta2=options.adam_beta2, length_chunks=options.length_chunks,
+                               balance_ranks=options.balance_ranks)
     crash_after = int(os.environ.get("POINTCOPY_CRASH_AFTER_STEP", "0"))
     if crash_after:  # fault injection for resume tests: die like `kill -9` right after a checkpoint is written
         trainer.add_callback(_CrashAfterSave(crash_after))

@@ -4,9 +4,15 @@ length chunks.
 Logged every `logging_steps` (averaged over the micro-batches since the last log): `gen_loss`, `copy_loss`
 (they add up to the cross-entropy), `z_loss`, `copy_acc` (argmax == target over pointer targets).
 
+Under data parallelism each global batch is dealt to the ranks by length (`sampling.RankBalancedSampler`,
+`balance_ranks=False` to turn off), so no rank waits long for the other.
+
 `length_chunks=n` runs each training micro-batch as n length-sorted sub-batches (`chunks.split_by_length`) and
 adds their losses weighted by supervised tokens: the same loss and gradient as one padded forward, with less
-padding computed (0.74x the step time on shapes-tiny with 3 chunks, `benchmarks/length_chunks.py`).
+padding computed (0.74x the step time on shapes-tiny with 3 chunks, `benchmarks/shapes_step.py`).
+
+Training forwards score only positions that predict a supervised token (`supervised_logits_only`): the prompt
+needs no vocabulary or pointer logits.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from .chunks import IGNORE_INDEX, split_by_length, supervised_tokens
+from .sampling import RankBalancedSampler
 
 VISION_PREFIXES = ("model.visual.", "base_model.model.model.visual.")
 _DIAGNOSTICS = ("gen_loss", "copy_loss", "z_loss", "copy_accuracy")
@@ -27,7 +34,7 @@ _DIAGNOSTICS = ("gen_loss", "copy_loss", "z_loss", "copy_accuracy")
 def _supervised_logits(inputs: dict, trim: bool) -> dict:
     """`logits_to_keep` so that only positions from the first one predicting a supervised token get logits: the
     prompt (system, image, question) needs no vocabulary or pointer scores, and the loss is unchanged (the model
-    scores the labels its kept logits predict). Measured: see `benchmarks/length_chunks.py`."""
+    scores the labels its kept logits predict). 0.95x the step time on shapes-tiny (`benchmarks/shapes_step.py`)."""
     labels = inputs.get("labels")
     if not trim or labels is None or labels.shape[1] < 2:
         return {}
@@ -38,20 +45,23 @@ def _supervised_logits(inputs: dict, trim: bool) -> dict:
 
 class PointCopyTrainer(Trainer):
     def __init__(self, *args, vision_lr_scale: float = 1.0, adam_beta2: float | None = None,
-                 length_chunks: int = 1, **kwargs):
+                 length_chunks: int = 1, balance_ranks: bool = True, supervised_logits_only: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         if length_chunks < 1:
             raise ValueError(f"length_chunks must be >= 1, got {length_chunks}")
         self.vision_lr_scale = vision_lr_scale
         self.adam_beta2 = adam_beta2
         self.length_chunks = length_chunks
+        self.balance_ranks = balance_ranks
+        self.supervised_logits_only = supervised_logits_only
         self._sums: dict[str, float] = defaultdict(float)
         self._counts: dict[str, int] = defaultdict(int)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.length_chunks > 1 and model.training and not return_outputs:
             return self._chunked_loss(model, inputs)
-        outputs = model(**inputs, **_supervised_logits(inputs, model.training and not return_outputs))
+        trim = self.supervised_logits_only and model.training and not return_outputs
+        outputs = model(**inputs, **_supervised_logits(inputs, trim))
         if model.training:
             self._record({name: getattr(outputs, name, None) for name in _DIAGNOSTICS})
         return (outputs.loss, outputs) if return_outputs else outputs.loss
@@ -65,7 +75,7 @@ class PointCopyTrainer(Trainer):
         total_tokens = max(supervised_tokens(inputs["labels"]), 1)
         loss, parts, pointer_hits, pointers = 0.0, defaultdict(float), 0.0, 0
         for chunk in chunks:
-            outputs = model(**chunk, **_supervised_logits(chunk, True))
+            outputs = model(**chunk, **_supervised_logits(chunk, self.supervised_logits_only))
             share = supervised_tokens(chunk["labels"]) / total_tokens
             loss = loss + outputs.loss * share
             for name in _DIAGNOSTICS[:-1]:  # the losses; copy accuracy is weighted by pointer targets below
@@ -101,6 +111,11 @@ class PointCopyTrainer(Trainer):
         if self.args.train_sampling_strategy == "group_by_length" and hasattr(dataset, "lengths"):
             return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
                                         lengths=dataset.lengths)
+        if (self.balance_ranks and self.args.world_size > 1 and self.args.train_sampling_strategy == "random"
+                and hasattr(dataset, "lengths")):
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return RankBalancedSampler(dataset.lengths, self.args.per_device_train_batch_size,
+                                       self.args.world_size, seed=seed)
         return super()._get_train_sampler(train_dataset)
 
     def create_optimizer(self, model=None):

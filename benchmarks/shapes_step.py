@@ -1,12 +1,19 @@
-"""Training-step time with length chunks vs one padded batch, on shapes-tiny batches (same model, same batches).
+"""shapes-tiny training-step time: what each lever of the recipe buys (same model, same batches, one process).
 
 Builds a small shapes split (the recipe's world and traces), the `shapes-tiny` preset with its vision tower frozen
 as in the recipe, and random batches of `--batch-size` rows (one data-parallel rank's share of the recipe's 16).
-Each step is forward + backward + AdamW through `PointCopyTrainer.compute_loss`, chunked and unchunked interleaved
-in one process; medians are compared. Prints the padding removed, then `figure length_chunks_ratio <x>` per
-chunk count (chunked seconds / unchunked seconds; below 1.0 = faster).
+Each step is forward + backward + AdamW through `PointCopyTrainer.compute_loss`; all configurations run
+interleaved in one process and median step times are compared. Configurations:
 
-    .venv/bin/python benchmarks/length_chunks.py [--steps 12] [--batch-size 8] [--chunks 2 3 4]
+    padded            one padded batch, logits at every position, official top-40 z-loss
+    chunks N          N length chunks (training/chunks.py), otherwise as padded
+    +supervised       3 chunks, logits only from the first position predicting a supervised token
+    +full-Z           and the z-loss over all logits instead of the top 40 (the recipe's `z_loss_top_k=0`)
+
+Prints the padding removed, a table, then `figure shapes_step_ratio[<config>] <x>` (seconds / padded seconds;
+below 1.0 = faster) and the ratio of each lever to the configuration before it.
+
+    .venv/bin/python benchmarks/shapes_step.py [--steps 12] [--batch-size 8] [--chunks 2 3 4]
 """
 
 from __future__ import annotations
@@ -56,40 +63,52 @@ def main() -> None:
         batches = [collate([data[rng.randrange(len(data))] for _ in range(args.batch_size)]) for _ in range(6)]
 
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-        trainers = {n: PointCopyTrainer(model=model, args=TrainingArguments(output_dir=tmp, report_to=[],
-                                                                            use_cpu=True),
-                                        data_collator=collate, length_chunks=n) for n in [1, *args.chunks]}
+
+        def trainer(chunks: int, supervised: bool) -> PointCopyTrainer:
+            return PointCopyTrainer(model=model, args=TrainingArguments(output_dir=tmp, report_to=[], use_cpu=True),
+                                    data_collator=collate, length_chunks=chunks, supervised_logits_only=supervised)
+
+        # name -> (trainer, z_loss_top_k); each lever is compared with the configuration listed before it
+        configs = {"padded": (trainer(1, False), 40)}
+        configs.update({f"chunks {n}": (trainer(n, False), 40) for n in args.chunks})
+        configs["+supervised"] = (trainer(3, True), 40)
+        configs["+full-Z"] = (trainer(3, True), 0)
         model.train()
 
-        def step(n: int, batch) -> float:
+        def step(name: str, batch) -> float:
+            trainer_, model.config.z_loss_top_k = configs[name]
             t0 = time.perf_counter()
-            trainers[n].compute_loss(model, batch).backward()
+            trainer_.compute_loss(model, batch).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             return time.perf_counter() - t0
 
         for b in batches[:2]:  # warm-up
-            for n in trainers:
-                step(n, b)
-        times = {n: [] for n in trainers}
-        order = list(trainers)
+            for name in configs:
+                step(name, b)
+        times = {name: [] for name in configs}
+        order = list(configs)
         for s in range(args.steps):
-            for n in order[:: 1 if s % 2 == 0 else -1]:
-                times[n].append(step(n, batches[s % len(batches)]))
+            for name in order[:: 1 if s % 2 == 0 else -1]:
+                times[name].append(step(name, batches[s % len(batches)]))
 
     start = model.config.vision_start_token_id
     padded = sum(b["input_ids"].numel() for b in batches)
     real = sum(int(b["attention_mask"].sum()) for b in batches)
     print(f"shapes-tiny, batch {args.batch_size}, {args.threads} thread(s), {args.steps} interleaved steps; "
           f"real tokens / padded = {real / padded:.3f}")
-    base = statistics.median(times[1])
-    print(f"{'chunks':>6} {'computed/padded':>16} {'median s/step':>14} {'ratio':>7}")
-    for n in trainers:
+    median = {name: statistics.median(t) for name, t in times.items()}
+    print(f"{'config':>12} {'computed/padded':>16} {'median s/step':>14} {'ratio':>7}")
+    for name, (trainer_, _) in configs.items():
+        n = trainer_.length_chunks
         computed = sum(c["input_ids"].numel() for b in batches for c in split_by_length(b, n, start))
-        print(f"{n:>6} {computed / padded:>16.3f} {statistics.median(times[n]):>14.4f} "
-              f"{statistics.median(times[n]) / base:>7.3f}")
-    for n in args.chunks:
-        print(f"figure length_chunks_ratio[{n}] {statistics.median(times[n]) / base:.3f}")
+        print(f"{name:>12} {computed / padded:>16.3f} {median[name]:>14.4f} {median[name] / median['padded']:>7.3f}")
+    for name in configs:
+        if name != "padded":
+            print(f"figure shapes_step_ratio[{name}] {median[name] / median['padded']:.3f}")
+    for before, lever in [("chunks 3", "+supervised"), ("+supervised", "+full-Z")]:
+        if before in median:
+            print(f"figure lever_ratio[{lever}] {median[lever] / median[before]:.3f}")
 
 
 if __name__ == "__main__":

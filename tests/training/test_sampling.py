@@ -45,3 +45,29 @@ def test_global_batches_are_the_random_draw_and_ranks_get_equal_counts_and_simil
 def test_refuses_empty_shares():
     with pytest.raises(ValueError, match="per_rank and ranks"):
         RankBalancedSampler([1, 2], per_rank=0, ranks=2)
+
+
+def test_trainer_balances_ranks_only_when_data_parallel(tmp_path, monkeypatch):
+    from transformers import TrainingArguments
+
+    from pointcopy.training.trainer import PointCopyTrainer
+
+    class Lengths(torch.utils.data.Dataset):
+        lengths = _lengths(64)
+
+        def __len__(self):
+            return 64
+
+        def __getitem__(self, i):
+            return i
+
+    model = torch.nn.Linear(2, 2)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, per_device_train_batch_size=8)
+    one = PointCopyTrainer(model=model, args=args, train_dataset=Lengths())
+    assert not isinstance(one._get_train_sampler(), RankBalancedSampler)  # one process: the plain shuffle
+    monkeypatch.setattr(TrainingArguments, "world_size", property(lambda self: 2))
+    two = PointCopyTrainer(model=model, args=args, train_dataset=Lengths())
+    sampler = two._get_train_sampler()
+    assert isinstance(sampler, RankBalancedSampler) and (sampler.per_rank, sampler.ranks) == (8, 2)
+    off = PointCopyTrainer(model=model, args=args, train_dataset=Lengths(), balance_ranks=False)
+    assert not isinstance(off._get_train_sampler(), RankBalancedSampler)

@@ -57,13 +57,14 @@ class ShapesRecipe:
     # fell from 0.56 to 0.34: batches of one scene size (and mostly one family) train much worse here.
     group_by_length: bool = False
     # Each rank's 8 rows run as 3 length-sorted sub-batches (training/chunks.py): the same batches and gradients
-    # with ~23% less padding computed; 0.74x the step time in `benchmarks/length_chunks.py`.
+    # with ~23% less padding computed; 0.74-0.79x the step time in `benchmarks/shapes_step.py`.
     length_chunks: int = 3
-    # Deal each global batch of 16 to the two ranks by length (training/sampling.py), so neither waits long.
+    # Deal each global batch of 16 to the two ranks by length (training/sampling.py), so neither waits long:
+    # 0.88x the time of 200 two-process steps with random assignment.
     balance_ranks: bool = True
-    # z-loss over the full partition function instead of the official top-40 one: the top-k alone cost ~10% of a
-    # step on CPU (`benchmarks/step_levers.py`); logsumexp over all ~1,100 logits is ~10x cheaper. Not switched off:
-    # at the end of training the z-loss is ~20% of the loss (0.0025 of 0.013), so it does shape the logits.
+    # z-loss over the full partition function instead of the official top-40 one: the top-k cost 5-10% of a step on
+    # CPU (0.953x with it replaced, `benchmarks/shapes_step.py`); logsumexp over all ~1,100 logits is ~10x cheaper.
+    # Not switched off: at the end of training it is ~20% of the loss (0.0025 of 0.013), so it shapes the logits.
     z_loss_top_k: int = 0
     model_seed: int = 0
     eval_batch_size: int = 16

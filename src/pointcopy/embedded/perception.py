@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -158,14 +159,20 @@ def pretrain_vision(model, processor, train_items: list[dict], train_images: Pat
     was_training = visual.training
     visual.train()
     t0 = time.perf_counter()
-    for _ in tqdm(range(steps), desc="vision warm-up", unit="step", disable=not progress):
-        chosen = rng.sample(train_items, min(batch_size, len(train_items)))
-        pixel_values, grid_thw, labels, objects = _batch(chosen, Path(train_images), processor)
-        loss, _, _ = _losses(_features(model, pixel_values, grid_thw), labels, objects, head)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
+    # The scenes of every step are drawn up front (the same draws, in the same order, as one at a time) so a
+    # thread can decode and preprocess step i+1's images while step i computes: the input side was ~40% of a step.
+    draws = [rng.sample(train_items, min(batch_size, len(train_items))) for _ in range(steps)]
+    with ThreadPoolExecutor(max_workers=1) as prefetch:
+        upcoming = prefetch.submit(_batch, draws[0], Path(train_images), processor) if steps else None
+        for step in tqdm(range(steps), desc="vision warm-up", unit="step", disable=not progress):
+            pixel_values, grid_thw, labels, objects = upcoming.result()
+            if step + 1 < steps:
+                upcoming = prefetch.submit(_batch, draws[step + 1], Path(train_images), processor)
+            loss, _, _ = _losses(_features(model, pixel_values, grid_thw), labels, objects, head)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
     visual.train(was_training)
     result = {"steps": steps, "seconds": round(time.perf_counter() - t0, 1)}
     if test_items:

@@ -165,6 +165,7 @@ def train_variant(root: str | Path, recipe: ShapesRecipe = ShapesRecipe(), varia
     data = root / "data" / "train" / f"{variant}.jsonl"
     out = Path(out_dir) if out_dir else root / "runs" / f"{variant}-seed{seed}"
     if (out / "final" / "config.json").is_file():
+        _check_same_training(out / "final", recipe)
         return out / "final"
     start = vision_init(root, recipe, seed, progress) if recipe.vision_warmup_steps else PRESET
     train_data_parallel(train_options(recipe, data, out, seed, progress, require_object_regions=variant == "copy",
@@ -174,6 +175,22 @@ def train_variant(root: str | Path, recipe: ShapesRecipe = ShapesRecipe(), varia
     (final / RECIPE_FILE).write_text(json.dumps({"recipe": asdict(recipe), "variant": variant, "seed": seed},
                                                 indent=1))
     return final
+
+
+# Fields that only change how a model is evaluated, not how it is trained.
+_EVAL_ONLY = {"test_items", "test_seed", "eval_batch_size", "max_new_tokens"}
+
+
+def _check_same_training(final: Path, recipe: ShapesRecipe) -> None:
+    """Refuse to reuse a finished run trained with another recipe (a resumed ablation would mix recipes)."""
+    path = final / RECIPE_FILE
+    stored = json.loads(path.read_text()).get("recipe", {}) if path.is_file() else {}
+    wanted = asdict(recipe)
+    missing = "<not recorded>"
+    differ = sorted(k for k in wanted if k not in _EVAL_ONLY and stored.get(k, missing) != wanted[k])
+    if differ:
+        changes = ", ".join(f"{k}: {stored.get(k, missing)!r} -> {wanted[k]!r}" for k in differ)
+        raise ValueError(f"{final} was trained with another recipe ({changes}): delete it or use another --root")
 
 
 def load_recipe(model_dir: str | Path) -> ShapesRecipe:

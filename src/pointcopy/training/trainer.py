@@ -34,7 +34,8 @@ _DIAGNOSTICS = ("gen_loss", "copy_loss", "z_loss", "copy_accuracy")
 def _supervised_logits(inputs: dict, trim: bool) -> dict:
     """`logits_to_keep` so that only positions from the first one predicting a supervised token get logits: the
     prompt (system, image, question) needs no vocabulary or pointer scores, and the loss is unchanged (the model
-    scores the labels its kept logits predict). 0.95-0.97x the step time on shapes-tiny (`benchmarks/shapes_step.py`)."""
+    scores the labels its kept logits predict). 0.95-0.97x the step time on shapes-tiny
+    (`benchmarks/shapes_step.py`)."""
     labels = inputs.get("labels")
     if not trim or labels is None or labels.shape[1] < 2:
         return {}

@@ -9,7 +9,7 @@ Under data parallelism each global batch is dealt to the ranks by length (`sampl
 
 `length_chunks=n` runs each training micro-batch as n length-sorted sub-batches (`chunks.split_by_length`) and
 adds their losses weighted by supervised tokens: the same loss and gradient as one padded forward, with less
-padding computed (0.74x the step time on shapes-tiny with 3 chunks, `benchmarks/shapes_step.py`).
+padding computed (0.74-0.79x the step time on shapes-tiny with 3 chunks, `benchmarks/shapes_step.py`).
 
 Training forwards score only positions that predict a supervised token (`supervised_logits_only`): the prompt
 needs no vocabulary or pointer logits.

@@ -9,6 +9,7 @@ interleaved in one process and median step times are compared. Configurations:
     chunks N          N length chunks (training/chunks.py), otherwise as padded
     +supervised       3 chunks, logits only from the first position predicting a supervised token
     +full-Z           and the z-loss over all logits instead of the top 40 (the recipe's `z_loss_top_k=0`)
+    -system prompt    and the same rows prompted without Qwen's default system block (the preset's template)
 
 Prints the padding removed, a table, then `figure shapes_step_ratio[<config>] <x>` (seconds / padded seconds;
 below 1.0 = faster) and the ratio of each lever to the configuration before it.
@@ -52,15 +53,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         records = build_split(Path(tmp) / "train", 256, seed=5, config=recipe.scenes, progress=False)["copy"]
         data = V1GDataset([records])
-        model, processor = build_preset(PRESET, seed=0)
+        model, processor = build_preset(PRESET, seed=0, default_system_prompt=True)
+        _, plain_processor = build_preset(PRESET, seed=0, default_system_prompt=False)
         for name, param in model.named_parameters():
             if re.search(recipe.freeze, name):
                 param.requires_grad_(False)
-        collate = GroundedCollator(processor, region_key_mode="keep" if REGION_RENDER["keep_key"] else "replace",
-                                   region_occurrences=REGION_RENDER["occurrences"], box_text=COPY_BOX_TEXT,
-                                   max_side=None)
+        render = dict(region_key_mode="keep" if REGION_RENDER["keep_key"] else "replace",
+                      region_occurrences=REGION_RENDER["occurrences"], box_text=COPY_BOX_TEXT, max_side=None)
+        collate = GroundedCollator(processor, **render)
+        collate_plain = GroundedCollator(plain_processor, **render)
         rng = random.Random(0)
-        batches = [collate([data[rng.randrange(len(data))] for _ in range(args.batch_size)]) for _ in range(6)]
+        rows = [[data[rng.randrange(len(data))] for _ in range(args.batch_size)] for _ in range(6)]
+        batches = [collate(r) for r in rows]
+        plain_batches = [collate_plain(r) for r in rows]  # the same rows without the system block
 
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
@@ -73,24 +78,26 @@ def main() -> None:
         configs.update({f"chunks {n}": (trainer(n, False), 40) for n in args.chunks})
         configs["+supervised"] = (trainer(3, True), 40)
         configs["+full-Z"] = (trainer(3, True), 0)
+        configs["-system prompt"] = (trainer(3, True), 0)
         model.train()
 
-        def step(name: str, batch) -> float:
+        def step(name: str, i: int) -> float:
             trainer_, model.config.z_loss_top_k = configs[name]
+            batch = (plain_batches if name == "-system prompt" else batches)[i % len(batches)]
             t0 = time.perf_counter()
             trainer_.compute_loss(model, batch).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             return time.perf_counter() - t0
 
-        for b in batches[:2]:  # warm-up
+        for i in range(2):  # warm-up
             for name in configs:
-                step(name, b)
+                step(name, i)
         times = {name: [] for name in configs}
         order = list(configs)
         for s in range(args.steps):
             for name in order[:: 1 if s % 2 == 0 else -1]:
-                times[name].append(step(name, batches[s % len(batches)]))
+                times[name].append(step(name, s))
 
     start = model.config.vision_start_token_id
     padded = sum(b["input_ids"].numel() for b in batches)
@@ -98,15 +105,18 @@ def main() -> None:
     print(f"shapes-tiny, batch {args.batch_size}, {args.threads} thread(s), {args.steps} interleaved steps; "
           f"real tokens / padded = {real / padded:.3f}")
     median = {name: statistics.median(t) for name, t in times.items()}
-    print(f"{'config':>12} {'computed/padded':>16} {'median s/step':>14} {'ratio':>7}")
+    print(f"{'config':>14} {'computed/padded':>16} {'median s/step':>14} {'ratio':>7}")
     for name, (trainer_, _) in configs.items():
         n = trainer_.length_chunks
-        computed = sum(c["input_ids"].numel() for b in batches for c in split_by_length(b, n, start))
-        print(f"{name:>12} {computed / padded:>16.3f} {median[name]:>14.4f} {median[name] / median['padded']:>7.3f}")
+        rows = plain_batches if name == "-system prompt" else batches
+        computed = sum(c["input_ids"].numel() for b in rows for c in split_by_length(b, n, start))
+        print(f"{name:>14} {computed / padded:>16.3f} {median[name]:>14.4f} {median[name] / median['padded']:>7.3f}")
     for name in configs:
         if name != "padded":
             print(f"figure shapes_step_ratio[{name}] {median[name] / median['padded']:.3f}")
-    for before, lever in [("chunks 3", "+supervised"), ("+supervised", "+full-Z")]:
+    plain_real = sum(int(b["attention_mask"].sum()) for b in plain_batches)
+    print(f"real tokens without the system block / with it = {plain_real / real:.3f}")
+    for before, lever in [("chunks 3", "+supervised"), ("+supervised", "+full-Z"), ("+full-Z", "-system prompt")]:
         if before in median:
             print(f"figure lever_ratio[{lever}] {median[lever] / median[before]:.3f}")
 

@@ -45,3 +45,24 @@ def test_tokenizer_and_chat_template_round_trip(tok, tmp_path):
     assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
                     "<|vision_start|><|image_pad|><|vision_end|>How many?<|im_end|>\n<|im_start|>assistant\n")
     assert again.encode(text) == tok.encode(text)
+
+
+def test_shapes_preset_is_prompted_without_the_default_system_block(tmp_path):
+    """shapes-tiny's template drops Qwen's default system block (27 tokens) and keeps everything else, a given
+    system message included; the processor saved with a checkpoint reloads with it."""
+    from pointcopy.presets import build_preset
+    from pointcopy.processing import PointCopyProcessor
+
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many?"}]}]
+    _, qwen = build_preset("shapes-tiny", default_system_prompt=True)
+    _, shapes = build_preset("shapes-tiny")
+    _, tiny = build_preset("tiny")
+    full = qwen.apply_chat_template(msgs)
+    block = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    assert tiny.apply_chat_template(msgs) == full and full.startswith(block)
+    assert shapes.apply_chat_template(msgs) == full[len(block):]
+    assert len(qwen.tokenizer.encode(block)) == 27
+    system = [{"role": "system", "content": "Be brief."}] + msgs
+    assert shapes.apply_chat_template(system) == qwen.apply_chat_template(system)
+    shapes.save_pretrained(tmp_path)
+    assert PointCopyProcessor.from_pretrained(tmp_path).apply_chat_template(msgs) == full[len(block):]

@@ -17,11 +17,13 @@ QWEN_SPECIAL_TOKENS = [
     "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
 ]
 
+_DEFAULT_SYSTEM = ("{% if loop.first and message['role'] != 'system' %}"
+                   "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}")
 # Qwen2.5-VL's chat template (same rendering for images, system default and generation prompt).
 CHAT_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}"
     "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    + _DEFAULT_SYSTEM +
     "<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
     "{% else %}{% for content in message['content'] %}"
@@ -31,6 +33,9 @@ CHAT_TEMPLATE = (
     "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+# The same without the default system block (a system message that is given is still rendered). The tiny tokenizer
+# spells that block in 27 tokens, a tenth of an average shapes-tiny row, all of them the same in every row.
+CHAT_TEMPLATE_NO_DEFAULT_SYSTEM = CHAT_TEMPLATE.replace(_DEFAULT_SYSTEM, "")
 
 _WORDS = """the a an of to in on is are and or not how many what which color shape size material left right
 above below object objects thing things ball balls sphere spheres cube cubes block blocks cylinder cylinders cone
@@ -99,13 +104,19 @@ def build_tiny_tokenizer(vocab_size: int = 1536):
     return fast
 
 
-def build_tiny_processor(tokenizer=None, min_pixels: int = 56 * 56, max_pixels: int = 28 * 28 * 256):
-    """PointCopyProcessor with the PIL image processor (patch 14, merge 2) and the tiny tokenizer."""
+def build_tiny_processor(tokenizer=None, min_pixels: int = 56 * 56, max_pixels: int = 28 * 28 * 256,
+                         default_system_prompt: bool = True):
+    """PointCopyProcessor with the PIL image processor (patch 14, merge 2) and the tiny tokenizer.
+
+    `default_system_prompt=False` sets `CHAT_TEMPLATE_NO_DEFAULT_SYSTEM` (saved with the processor, so a model
+    trained with it is prompted the same way wherever it is loaded)."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     from .processing import PointCopyProcessor
 
     tokenizer = tokenizer or build_tiny_tokenizer()
+    if not default_system_prompt:
+        tokenizer.chat_template = CHAT_TEMPLATE_NO_DEFAULT_SYSTEM
     image_processor = Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14,
                                                temporal_patch_size=2, merge_size=2)
     return PointCopyProcessor(tokenizer, image_processor)
@@ -168,12 +179,22 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def build_preset(name: str, seed: int = 0, **overrides):
+# name -> build_tiny_processor keyword arguments, where a preset differs from the default.
+PRESET_PROCESSORS: dict[str, dict] = {
+    # shapes-tiny is prompted without Qwen's default system block: 0.9x the tokens of an average training row
+    "shapes-tiny": dict(default_system_prompt=False),
+}
+
+
+def build_preset(name: str, seed: int = 0, default_system_prompt: bool | None = None, **overrides):
     """(model, processor) for a preset; `overrides` are extra config fields (e.g. copy switches); `seed` sets
-    the initialisation."""
+    the initialisation; `default_system_prompt` overrides the preset's chat template (`PRESET_PROCESSORS`)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
-    processor = build_tiny_processor()
+    options = dict(PRESET_PROCESSORS.get(name, {}))
+    if default_system_prompt is not None:
+        options["default_system_prompt"] = default_system_prompt
+    processor = build_tiny_processor(**options)
     model = tiny_model(seed, processor.tokenizer, **{**PRESETS[name], **overrides})
     return model, processor
 

@@ -72,3 +72,11 @@ def test_vision_init_is_built_once_and_shared(tmp_path, monkeypatch):
         vision_init(tmp_path, recipe.with_(vision_warmup_steps=5), seed=3, progress=False)
     with pytest.raises(ValueError, match="preset_overrides"):
         vision_init(tmp_path, recipe.with_(preset_overrides={"layers": 6}), seed=3, progress=False)
+    # the warm-up checkpoint carries the recipe's chat template, so every variant trained from it is prompted alike
+    assert "helpful assistant" not in (out / "chat_template.jinja").read_text()
+    with pytest.raises(ValueError, match="default_system_prompt"):
+        vision_init(tmp_path, recipe.with_(default_system_prompt=True), seed=3, progress=False)
+    legacy = {k: v for k, v in report.items() if k != "default_system_prompt"}  # written before the field
+    (out / "warmup.json").write_text(json.dumps(legacy))
+    with pytest.raises(ValueError, match="default_system_prompt.: True"):
+        vision_init(tmp_path, recipe, seed=3, progress=False)

@@ -67,6 +67,9 @@ class ShapesRecipe:
     # CPU (0.953x with it replaced, `benchmarks/shapes_step.py`); logsumexp over all ~1,100 logits is ~10x cheaper.
     # Not switched off: at the end of training it is ~20% of the loss (0.0025 of 0.013), so it shapes the logits.
     z_loss_top_k: int = 0
+    # Prompt without Qwen's default system block ("You are a helpful assistant.", 27 tiny-tokenizer tokens): rows
+    # 0.9x as long. The chat template is saved with every checkpoint, so evaluation and the demo prompt alike.
+    default_system_prompt: bool = False
     model_seed: int = 0
     eval_batch_size: int = 16
     max_new_tokens: int = 640
@@ -133,16 +136,20 @@ def vision_init(root: str | Path, recipe: ShapesRecipe, seed: int, progress: boo
 
     root = Path(root)
     out = root / "runs" / f"vision-init-seed{seed}"
-    wanted = {"steps": recipe.vision_warmup_steps, "preset_overrides": dict(recipe.preset_overrides)}
+    wanted = {"steps": recipe.vision_warmup_steps, "preset_overrides": dict(recipe.preset_overrides),
+              "default_system_prompt": recipe.default_system_prompt}
     if (out / "config.json").is_file():
         built = json.loads((out / "warmup.json").read_text())
-        built = {"steps": built.get("steps"), "preset_overrides": built.get("preset_overrides", {})}
+        # warm-ups written before the field existed used Qwen's default system prompt
+        built = {"steps": built.get("steps"), "preset_overrides": built.get("preset_overrides", {}),
+                 "default_system_prompt": built.get("default_system_prompt", True)}
         if built != wanted:  # a stale tower of another model shape would load wrongly or silently differ
             raise ValueError(f"{out} was built with {built}, this recipe needs {wanted}: delete it or use another "
                              f"--root")
         return out
     torch.set_num_threads(recipe.threads)
-    model, processor = build_preset(PRESET, seed=seed, **recipe.preset_overrides)
+    model, processor = build_preset(PRESET, seed=seed, default_system_prompt=recipe.default_system_prompt,
+                                    **recipe.preset_overrides)
     data = root / "data"
     report = pretrain_vision(model, processor, read_items(data / "train"), data / "train" / "images",
                              steps=recipe.vision_warmup_steps, seed=seed, test_items=read_items(data / "test"),
@@ -168,6 +175,10 @@ def train_variant(root: str | Path, recipe: ShapesRecipe = ShapesRecipe(), varia
     if (out / "final" / "config.json").is_file():
         _check_same_training(out / "final", recipe)
         return out / "final"
+    if not recipe.vision_warmup_steps and recipe.default_system_prompt != _preset_default_system_prompt():
+        raise ValueError(f"default_system_prompt={recipe.default_system_prompt} needs the vision warm-up (its "
+                         f"checkpoint carries the chat template); the {PRESET} preset itself uses "
+                         f"{_preset_default_system_prompt()}")
     start = vision_init(root, recipe, seed, progress) if recipe.vision_warmup_steps else PRESET
     train_data_parallel(train_options(recipe, data, out, seed, progress, require_object_regions=variant == "copy",
                                       model=start), recipe.processes)
@@ -176,6 +187,12 @@ def train_variant(root: str | Path, recipe: ShapesRecipe = ShapesRecipe(), varia
     (final / RECIPE_FILE).write_text(json.dumps({"recipe": asdict(recipe), "variant": variant, "seed": seed},
                                                 indent=1))
     return final
+
+
+def _preset_default_system_prompt() -> bool:
+    from ..presets import PRESET_PROCESSORS
+
+    return PRESET_PROCESSORS.get(PRESET, {}).get("default_system_prompt", True)
 
 
 # Fields that only change how a model is evaluated, not how it is trained.

@@ -194,7 +194,6 @@ def test_trace_plans_quoted_steps_and_marks_every_object_locally():
         assert all(s.query in q.text for s in q.steps)
         head = 2 if q.family == "compare" else 1  # a comparison's relation line follows the plan
         running = [0] * len(q.steps)
-        carried = None  # an attribute question's answer phrase, from its matching object's line on
         for o, line in zip(scene.objects, lines[head:]):
             words, marks = line.split(": ")
             assert words.endswith(describe(o))
@@ -208,9 +207,8 @@ def test_trace_plans_quoted_steps_and_marks_every_object_locally():
                 want = f"{pairs} {'yes' if hit else 'no'} {running[i]}"
                 if hit and q.family == "attribute":  # the answer, read from this line's own attribute words
                     value = o.attr(q.asked)
-                    carried = f". It is {'a ' if q.asked == 'shape' else ''}{value}"
+                    want += f". It is {'a ' if q.asked == 'shape' else ''}{value}"
                     assert q.asked == "material" or value in describe(o).split()
-                want += carried or ""  # carried on by every later line, like the running count
                 assert mark == want, (it.id, line)
                 # the mark is decidable from the line alone: every pair's verdict is `equal`
                 verdicts = re.findall(r"\b(equal|not)\b", mark)
@@ -225,12 +223,9 @@ def test_trace_plans_quoted_steps_and_marks_every_object_locally():
         if q.family == "compare":  # the relation line under the plan, repeated before the comparison and verdict
             assert re.search(rf"^Compare: {q.relation}\. \d+ [<>=] \d+: {q.answer}\.$", steps_text, re.M), steps_text
             assert lines[1] == f"Compare: {q.relation}."
-        if q.family == "attribute":  # the step line repeats the phrase the last object's line carries
-            match = q.steps[0].objects[0]
+        if q.family == "attribute":  # exactly one earlier "It is", whose value the step line repeats
             value = steps_text.split("It is ")[1].split(".")[0]
-            assert f"It is {value}" in lines[head + match - 1] and lines[head + len(scene.objects) - 1].endswith(
-                f"It is {value}")
-            assert trace_text(scene, q).count("It is ") == len(scene.objects) - match + 2
+            assert trace_text(scene, q).count("It is ") == 2 and f"It is {value}" in lines[q.steps[0].objects[0]]
 
 
 def test_records_validate_and_split_resumes(tmp_path):

@@ -34,9 +34,9 @@ class ShapesRecipe:
     position_tint: int = 0
     # Every merged cell shows at most one object (SceneConfig.exclusive_cells), so each copy is one object's evidence.
     exclusive_cells: bool = True
-    # 1,300 steps: ~0.39-0.42 s/step with two processes, length chunks and the levers below, about 9 min of steps
-    # and 10 min in all (README, "Training time"). The three 1,300-step copy runs of the ablation answered
-    # 0.842 / 0.825 / 0.875 on its 120 held-out items; 1,500-step runs 0.843-0.893 on 300; 1,000 steps 0.627.
+    # 1,300 steps: 0.40-0.44 s/step on a slow day with two processes, length chunks and the levers below, 10-11 min
+    # in all (README, "Training time"; ~9 min at the previous day's speed). Seeds 0 / 1 / 2 answered 0.763 / 0.850 /
+    # 0.823 on 300 held-out scenes; 1,500-step runs 0.843-0.893; 1,000 steps 0.627.
     steps: int = 1300
     batch_size: int = 16
     learning_rate: float = 3e-3

@@ -127,10 +127,9 @@ def _marks(scene: Scene, steps: list[Step], asked: str | None = None) -> dict[in
     step line then only repeats what follows the trace's one earlier ``It is``. (Naming the object there and
     looking up its colour in its line ~60 tokens back answered attribute questions right 0.33-0.35 of the time.
     Carrying ``It is red`` on every later mark, like the running count, so the step line copies it from the line
-    above, made attribute answers robust at 1,300 steps -- 0.96 / 0.97 over two seeds, where a run of this layout
-    answered 0.72 -- but broke comparisons: the relation word under the plan, copied from the question, was wrong
-    in 27 and 28 of 75 (0 of 75 without the carry), comparison accuracy 0.71 / 0.72, answers 0.81 / 0.79. The
-    long lookback this layout asks for seems to train the copying that the relation word needs too.)
+    above, was tried at 1,300 steps with seeds 0 / 1: attribute questions 0.96 / 0.97 (this layout: 0.72 / 0.99),
+    but comparisons 0.71 / 0.72 (0.76 / 0.80), the relation word under the plan wrong in 27 and 28 of 75 (0 and
+    22); answers 0.81 / 0.79 against 0.76 / 0.85. No gain on average, so not adopted.)
     """
     counts = [0] * len(steps)
     out = {}

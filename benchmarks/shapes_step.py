@@ -73,17 +73,17 @@ def main() -> None:
             return PointCopyTrainer(model=model, args=TrainingArguments(output_dir=tmp, report_to=[], use_cpu=True),
                                     data_collator=collate, length_chunks=chunks, supervised_logits_only=supervised)
 
-        # name -> (trainer, z_loss_top_k); each lever is compared with the configuration listed before it
-        configs = {"padded": (trainer(1, False), 40)}
-        configs.update({f"chunks {n}": (trainer(n, False), 40) for n in args.chunks})
-        configs["+supervised"] = (trainer(3, True), 40)
-        configs["+full-Z"] = (trainer(3, True), 0)
-        configs["-system prompt"] = (trainer(3, True), 0)
+        # name -> (trainer, z_loss_top_k, batches); each lever is compared with the configuration listed before it
+        configs = {"padded": (trainer(1, False), 40, batches)}
+        configs.update({f"chunks {n}": (trainer(n, False), 40, batches) for n in args.chunks})
+        configs["+supervised"] = (trainer(3, True), 40, batches)
+        configs["+full-Z"] = (trainer(3, True), 0, batches)
+        configs["-system prompt"] = (trainer(3, True), 0, plain_batches)
         model.train()
 
         def step(name: str, i: int) -> float:
-            trainer_, model.config.z_loss_top_k = configs[name]
-            batch = (plain_batches if name == "-system prompt" else batches)[i % len(batches)]
+            trainer_, model.config.z_loss_top_k, config_batches = configs[name]
+            batch = config_batches[i % len(config_batches)]
             t0 = time.perf_counter()
             trainer_.compute_loss(model, batch).backward()
             optimizer.step()
@@ -106,10 +106,9 @@ def main() -> None:
           f"real tokens / padded = {real / padded:.3f}")
     median = {name: statistics.median(t) for name, t in times.items()}
     print(f"{'config':>14} {'computed/padded':>16} {'median s/step':>14} {'ratio':>7}")
-    for name, (trainer_, _) in configs.items():
+    for name, (trainer_, _, config_batches) in configs.items():
         n = trainer_.length_chunks
-        rows = plain_batches if name == "-system prompt" else batches
-        computed = sum(c["input_ids"].numel() for b in rows for c in split_by_length(b, n, start))
+        computed = sum(c["input_ids"].numel() for b in config_batches for c in split_by_length(b, n, start))
         print(f"{name:>14} {computed / padded:>16.3f} {median[name]:>14.4f} {median[name] / median['padded']:>7.3f}")
     for name in configs:
         if name != "padded":

@@ -15,6 +15,7 @@ from .config import PointCopyConfig
 from .core import PointCopyMixin, PointCopyOutput
 from .heads import PointerHeads
 from .memory import PointCopyCache
+from .patch_embed import MatmulPatchEmbed
 
 
 class PointCopyForConditionalGeneration(PointCopyMixin, Qwen2_5_VLForConditionalGeneration):
@@ -23,6 +24,8 @@ class PointCopyForConditionalGeneration(PointCopyMixin, Qwen2_5_VLForConditional
 
     def __init__(self, config: PointCopyConfig):
         super().__init__(config)
+        # the same parameters as Qwen's Conv3d patch embedding, computed as one matrix product (~5x faster on CPU)
+        self.model.visual.patch_embed = MatmulPatchEmbed.from_conv(self.model.visual.patch_embed)
         text = config.get_text_config(decoder=True)
         self.pointer = PointerHeads(text.hidden_size, config.head_size, tied=config.tie_copy_heads,
                                     normalize=config.normalize_copy_states, use_gate=config.use_gate)

@@ -10,6 +10,9 @@ interleaved in one process and median step times are compared. Configurations:
     +supervised       3 chunks, logits only from the first position predicting a supervised token
     +full-Z           and the z-loss over all logits instead of the top 40 (the recipe's `z_loss_top_k=0`)
     -system prompt    and the same rows prompted without Qwen's default system block (the preset's template)
+    +enum-call tokens and the shapes world's enumeration call as two tokens (presets._MARKUP): the tokenizer of
+                      the preset now; the configurations above use the tokenizer before that change, whose
+                      special-token ids differ, so this one trains its own copy of the model (same weights)
 
 Prints the padding removed, a table, then `figure shapes_step_ratio[<config>] <x>` (seconds / padded seconds;
 below 1.0 = faster) and the ratio of each lever to the configuration before it.
@@ -34,6 +37,7 @@ from pointcopy.collate import GroundedCollator
 from pointcopy.data.shapes import build_split
 from pointcopy.data.shapes.traces import COPY_BOX_TEXT, REGION_RENDER
 from pointcopy.embedded.recipe import PRESET, ShapesRecipe
+from pointcopy import presets
 from pointcopy.presets import build_preset
 from pointcopy.training.chunks import split_by_length
 from pointcopy.training.dataset import V1GDataset
@@ -53,41 +57,55 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         records = build_split(Path(tmp) / "train", 256, seed=5, config=recipe.scenes, progress=False)["copy"]
         data = V1GDataset([records])
-        model, processor = build_preset(PRESET, seed=0, default_system_prompt=True)
-        _, plain_processor = build_preset(PRESET, seed=0, default_system_prompt=False)
-        for name, param in model.named_parameters():
-            if re.search(recipe.freeze, name):
-                param.requires_grad_(False)
+        markup = presets._MARKUP
+        presets._MARKUP = [t for t in markup if t not in _ENUM_CALL_TOKENS]  # the tokenizer before the change
+        try:
+            model, processor = build_preset(PRESET, seed=0, default_system_prompt=True)
+            _, plain_processor = build_preset(PRESET, seed=0, default_system_prompt=False)
+        finally:
+            presets._MARKUP = markup
+        enum_model, enum_processor = build_preset(PRESET, seed=0)  # the preset as it is now
+        enum_model.load_state_dict(_remap_vocab(model, enum_model, plain_processor.tokenizer, enum_processor.tokenizer))
+        for m in (model, enum_model):
+            for name, param in m.named_parameters():
+                if re.search(recipe.freeze, name):
+                    param.requires_grad_(False)
         render = dict(region_key_mode="keep" if REGION_RENDER["keep_key"] else "replace",
                       region_occurrences=REGION_RENDER["occurrences"], box_text=COPY_BOX_TEXT, max_side=None)
         collate = GroundedCollator(processor, **render)
         collate_plain = GroundedCollator(plain_processor, **render)
+        collate_enum = GroundedCollator(enum_processor, **render)
         rng = random.Random(0)
         rows = [[data[rng.randrange(len(data))] for _ in range(args.batch_size)] for _ in range(6)]
         batches = [collate(r) for r in rows]
         plain_batches = [collate_plain(r) for r in rows]  # the same rows without the system block
+        enum_batches = [collate_enum(r) for r in rows]  # and with the enumeration call as two tokens
 
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        optimizers = {m: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
+                      for m in (model, enum_model)}
 
-        def trainer(chunks: int, supervised: bool) -> PointCopyTrainer:
-            return PointCopyTrainer(model=model, args=TrainingArguments(output_dir=tmp, report_to=[], use_cpu=True),
+        def trainer(chunks: int, supervised: bool, m=model) -> PointCopyTrainer:
+            return PointCopyTrainer(model=m, args=TrainingArguments(output_dir=tmp, report_to=[], use_cpu=True),
                                     data_collator=collate, length_chunks=chunks, supervised_logits_only=supervised)
 
-        # name -> (trainer, z_loss_top_k, batches); each lever is compared with the configuration listed before it
-        configs = {"padded": (trainer(1, False), 40, batches)}
-        configs.update({f"chunks {n}": (trainer(n, False), 40, batches) for n in args.chunks})
-        configs["+supervised"] = (trainer(3, True), 40, batches)
-        configs["+full-Z"] = (trainer(3, True), 0, batches)
-        configs["-system prompt"] = (trainer(3, True), 0, plain_batches)
+        # name -> (trainer, z_loss_top_k, batches, model); each lever is compared with the configuration before it
+        configs = {"padded": (trainer(1, False), 40, batches, model)}
+        configs.update({f"chunks {n}": (trainer(n, False), 40, batches, model) for n in args.chunks})
+        configs["+supervised"] = (trainer(3, True), 40, batches, model)
+        configs["+full-Z"] = (trainer(3, True), 0, batches, model)
+        configs["-system prompt"] = (trainer(3, True), 0, plain_batches, model)
+        configs["+enum-call tokens"] = (trainer(3, True, enum_model), 0, enum_batches, enum_model)
         model.train()
+        enum_model.train()
 
         def step(name: str, i: int) -> float:
-            trainer_, model.config.z_loss_top_k, config_batches = configs[name]
+            trainer_, z_top_k, config_batches, m = configs[name]
+            m.config.z_loss_top_k = z_top_k
             batch = config_batches[i % len(config_batches)]
             t0 = time.perf_counter()
-            trainer_.compute_loss(model, batch).backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            trainer_.compute_loss(m, batch).backward()
+            optimizers[m].step()
+            optimizers[m].zero_grad(set_to_none=True)
             return time.perf_counter() - t0
 
         for i in range(2):  # warm-up
@@ -99,25 +117,51 @@ def main() -> None:
             for name in order[:: 1 if s % 2 == 0 else -1]:
                 times[name].append(step(name, s))
 
-    start = model.config.vision_start_token_id
     padded = sum(b["input_ids"].numel() for b in batches)
     real = sum(int(b["attention_mask"].sum()) for b in batches)
     print(f"shapes-tiny, batch {args.batch_size}, {args.threads} thread(s), {args.steps} interleaved steps; "
           f"real tokens / padded = {real / padded:.3f}")
     median = {name: statistics.median(t) for name, t in times.items()}
-    print(f"{'config':>14} {'computed/padded':>16} {'median s/step':>14} {'ratio':>7}")
-    for name, (trainer_, _, config_batches) in configs.items():
-        n = trainer_.length_chunks
+    print(f"{'config':>17} {'computed/padded':>16} {'median s/step':>14} {'ratio':>7}")
+    for name, (trainer_, _, config_batches, m) in configs.items():
+        n, start = trainer_.length_chunks, m.config.vision_start_token_id
         computed = sum(c["input_ids"].numel() for b in config_batches for c in split_by_length(b, n, start))
-        print(f"{name:>14} {computed / padded:>16.3f} {median[name]:>14.4f} {median[name] / median['padded']:>7.3f}")
+        print(f"{name:>17} {computed / padded:>16.3f} {median[name]:>14.4f} {median[name] / median['padded']:>7.3f}")
     for name in configs:
         if name != "padded":
             print(f"figure shapes_step_ratio[{name}] {median[name] / median['padded']:.3f}")
     plain_real = sum(int(b["attention_mask"].sum()) for b in plain_batches)
     print(f"real tokens without the system block / with it = {plain_real / real:.3f}")
-    for before, lever in [("chunks 3", "+supervised"), ("+supervised", "+full-Z"), ("+full-Z", "-system prompt")]:
+    enum_real = sum(int(b["attention_mask"].sum()) for b in enum_batches)
+    print(f"real tokens with the enumeration call as two tokens / without = {enum_real / plain_real:.3f}")
+    for before, lever in [("chunks 3", "+supervised"), ("+supervised", "+full-Z"), ("+full-Z", "-system prompt"),
+                          ("-system prompt", "+enum-call tokens")]:
         if before in median:
             print(f"figure lever_ratio[{lever}] {median[lever] / median[before]:.3f}")
+
+
+_ENUM_CALL_TOKENS = ('detect(query="object", objects=["', '</region>"])')
+
+
+def _remap_vocab(source, target, source_tok, target_tok) -> dict:
+    """`source`'s state dict for `target`, whose tokenizer adds tokens (and so shifts ids): rows of the vocabulary
+    matrices move to the same token's new id; rows of new tokens keep `target`'s initialisation."""
+    state = dict(target.state_dict())
+    src_vocab, dst_vocab = source_tok.get_vocab(), target_tok.get_vocab()
+    common = [t for t in src_vocab if t in dst_vocab]
+    src_ids = torch.tensor([src_vocab[t] for t in common])
+    dst_ids = torch.tensor([dst_vocab[t] for t in common])
+    n_src = len(source_tok)
+    for key, value in source.state_dict().items():
+        if value.shape == state[key].shape:
+            state[key] = value
+        elif value.shape[0] == n_src:  # embedding / lm_head rows
+            rows = state[key].clone()
+            rows[dst_ids] = value[src_ids]
+            state[key] = rows
+        else:
+            raise ValueError(f"{key}: {tuple(value.shape)} vs {tuple(state[key].shape)}")
+    return state
 
 
 if __name__ == "__main__":

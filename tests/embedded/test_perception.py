@@ -80,3 +80,12 @@ def test_vision_init_is_built_once_and_shared(tmp_path, monkeypatch):
     (out / "warmup.json").write_text(json.dumps(legacy))
     with pytest.raises(ValueError, match="default_system_prompt.: True"):
         vision_init(tmp_path, recipe, seed=3, progress=False)
+    # ...and the preset's tokenizer: one saved by an earlier version of the preset is refused, not trained on
+    from transformers import AutoTokenizer
+
+    from pointcopy.presets import tokenizer_fingerprint
+
+    assert report["tokenizer"] == tokenizer_fingerprint(AutoTokenizer.from_pretrained(out))
+    (out / "warmup.json").write_text(json.dumps({**report, "tokenizer": "0123456789abcdef"}))
+    with pytest.raises(ValueError, match="tokenizer.: .0123456789abcdef"):
+        vision_init(tmp_path, recipe, seed=3, progress=False)

@@ -131,25 +131,29 @@ def vision_init(root: str | Path, recipe: ShapesRecipe, seed: int, progress: boo
     import torch
 
     from ..data.shapes.build import read_items
-    from ..presets import build_preset
+    from ..presets import build_preset, tokenizer_fingerprint
     from .perception import pretrain_vision
 
     root = Path(root)
     out = root / "runs" / f"vision-init-seed{seed}"
+    model, processor = build_preset(PRESET, seed=seed, default_system_prompt=recipe.default_system_prompt,
+                                    **recipe.preset_overrides)
+    # The warm-up checkpoint carries the tokenizer every variant then trains with, so it must be the preset's
+    # current one (the model's vocabulary rows and special-token ids follow it).
     wanted = {"steps": recipe.vision_warmup_steps, "preset_overrides": dict(recipe.preset_overrides),
-              "default_system_prompt": recipe.default_system_prompt}
+              "default_system_prompt": recipe.default_system_prompt,
+              "tokenizer": tokenizer_fingerprint(processor.tokenizer)}
     if (out / "config.json").is_file():
         built = json.loads((out / "warmup.json").read_text())
         # warm-ups written before the field existed used Qwen's default system prompt
         built = {"steps": built.get("steps"), "preset_overrides": built.get("preset_overrides", {}),
-                 "default_system_prompt": built.get("default_system_prompt", True)}
+                 "default_system_prompt": built.get("default_system_prompt", True),
+                 "tokenizer": built.get("tokenizer", "<not recorded>")}
         if built != wanted:  # a stale tower of another model shape would load wrongly or silently differ
             raise ValueError(f"{out} was built with {built}, this recipe needs {wanted}: delete it or use another "
                              f"--root")
         return out
     torch.set_num_threads(recipe.threads)
-    model, processor = build_preset(PRESET, seed=seed, default_system_prompt=recipe.default_system_prompt,
-                                    **recipe.preset_overrides)
     data = root / "data"
     report = pretrain_vision(model, processor, read_items(data / "train"), data / "train" / "images",
                              steps=recipe.vision_warmup_steps, seed=seed, test_items=read_items(data / "test"),

@@ -22,6 +22,18 @@ def test_round_trip(tok):
     assert len(tok) == start  # the tokenizer was not extended
 
 
+def test_shapes_enumeration_call_is_two_tokens_and_other_calls_still_split(tok):
+    start = len(tok)
+    line = 'detect(query="object", objects=["<obj2><region><|copy_8|><|copy_9|></region>"]) large cyan matte sphere'
+    ids = encode_with_pointers(tok, line, start)
+    pieces = [tok.convert_ids_to_tokens(i) if i < start else "<copy>" for i in ids]
+    assert pieces[:6] == ['detect(query="object", objects=["', "<obj2>", "<region>", "<copy>", "<copy>",
+                          '</region>"])']
+    assert decode_with_pointers(tok, ids, start) == line
+    other = tok.tokenize('detect(query="red things", objects=["<obj1>", "<obj3>"])')
+    assert other[0] == 'detect(query="' and other[-1] == '"])' and '", objects=["' in other
+
+
 def test_large_indices_and_special_tokens(tok):
     start = len(tok)
     ids = [start + 29999] + tok.encode("<|im_end|>", add_special_tokens=False) + [start]

@@ -221,7 +221,11 @@ def test_trace_plans_quoted_steps_and_marks_every_object_locally():
             stated = f"{s.query}: <obj{s.objects[0]}>." if q.family == "attribute" else f"{s.query}: {k}."
             assert stated in steps_text
         if q.family == "compare":  # the relation line under the plan, repeated before the comparison and verdict
-            assert re.search(rf"^Compare: {q.relation}\. \d+ [<>=] \d+: {q.answer}\.$", steps_text, re.M), steps_text
+            line = re.search(rf"^Compare: {q.relation}\. \d+ ([<>=]) \d+: {q.relation} (\w+) (equal|not) {q.answer}\.$",
+                             steps_text, re.M)
+            assert line, steps_text
+            sign_word = {">": "more", "<": "fewer", "=": "same"}[line.group(1)]
+            assert line.group(2) == sign_word and line.group(3) == ("equal" if sign_word == q.relation else "not")
             assert lines[1] == f"Compare: {q.relation}."
         if q.family == "attribute":  # exactly one earlier "It is", whose value the step line repeats
             value = steps_text.split("It is ")[1].split(".")[0]

@@ -207,8 +207,10 @@ def test_trace_plans_quoted_steps_and_marks_every_object_locally():
                 want = f"{pairs} {'yes' if hit else 'no'} {running[i]}"
                 if hit and q.family == "attribute":  # the answer, read from this line's own attribute words
                     value = o.attr(q.asked)
-                    want += f". It is {'a ' if q.asked == 'shape' else ''}{value}"
+                    carried = f". It is {'a ' if q.asked == 'shape' else ''}{value}"
                     assert q.asked == "material" or value in describe(o).split()
+                if q.family == "attribute" and running[i]:  # ... and carried on every later mark
+                    want += carried
                 assert mark == want, (it.id, line)
                 # the mark is decidable from the line alone: every pair's verdict is `equal`
                 verdicts = re.findall(r"\b(equal|not)\b", mark)
@@ -227,9 +229,11 @@ def test_trace_plans_quoted_steps_and_marks_every_object_locally():
             sign_word = {">": "more", "<": "fewer", "=": "same"}[line.group(1)]
             assert line.group(2) == sign_word and line.group(3) == ("equal" if sign_word == q.relation else "not")
             assert lines[1] == f"Compare: {q.relation}."
-        if q.family == "attribute":  # exactly one earlier "It is", whose value the step line repeats
+        if q.family == "attribute":  # "It is" from the matching object on; the step line repeats the line above
             value = steps_text.split("It is ")[1].split(".")[0]
-            assert trace_text(scene, q).count("It is ") == 2 and f"It is {value}" in lines[q.steps[0].objects[0]]
+            match = q.steps[0].objects[0]
+            assert trace_text(scene, q).count("It is ") == len(scene.objects) - match + 2
+            assert lines[match].endswith(f"It is {value}") and lines[len(scene.objects)].endswith(f"It is {value}")
 
 
 def test_records_validate_and_split_resumes(tmp_path):

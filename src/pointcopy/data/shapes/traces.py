@@ -25,10 +25,11 @@ The trace is written so that every decision a small model has to make is *local*
   failed at: 0.1 of steps right, answer accuracy 0.34;
 * step lines read the last running count and spell out the arithmetic; a comparison states the question's
   relation word on its own line under the plan (``Compare: fewer.``, read from the question just above) and
-  repeats that line before the comparison (``Compare: fewer. 2 < 4: yes.``), so the word is copied after the
-  same prefix instead of chosen after ``<``/``>`` (see :func:`trace_text`); an attribute question's matching object states the answer in
-  its own mark (``large large equal shiny shiny equal yes 1. It is red``) and the step line repeats it:
-  ``large shiny thing: <obj3>. It is red.``. Every trace ends ``Answer: X``.
+  repeats that line before the comparison (``Compare: fewer. 2 < 4: fewer fewer equal yes.``), so the word is
+  copied after the same prefix instead of chosen after ``<``/``>``, and yes/no is a verdict like a mark's (see
+  :func:`trace_text`); an attribute question's matching object states the answer in its own mark (``large large
+  equal shiny shiny equal yes 1. It is red``), every later mark carries it, and the step line repeats the last
+  one: ``large shiny thing: <obj3>. It is red.``. Every trace ends ``Answer: X``.
 
 Variants of one item (:func:`variants`), differing only in region markup:
 
@@ -52,7 +53,7 @@ __all__ = ["VARIANTS", "TRACE_FORMAT", "STEP_CALL", "ENUM_QUERY", "PLAN_PREFIX",
 
 VARIANTS = ("copy", "coord", "nocopy")
 # Bumped whenever the text of a trace changes, so a split built with an older layout is not reused (build.py).
-TRACE_FORMAT = "verdicts-3"
+TRACE_FORMAT = "verdicts-4"
 STEP_CALL = "detect"
 ENUM_QUERY = "object"
 PLAN_PREFIX = "Find: "
@@ -123,23 +124,27 @@ def _marks(scene: Scene, steps: list[Step], asked: str | None = None) -> dict[in
     of a step is the number its step line states.
 
     For an attribute question (``asked`` = the asked attribute) the one matching object's mark also states the
-    answer, read from the attribute words on its own line: ``large large equal yes 1. It is red``. The
-    step line then only repeats what follows the trace's one earlier ``It is``. (Naming the object there and
-    looking up its colour in its line ~60 tokens back answered attribute questions right 0.33-0.35 of the time.
-    Carrying ``It is red`` on every later mark, like the running count, so the step line copies it from the line
-    above, was tried at 1,300 steps with seeds 0 / 1: attribute questions 0.96 / 0.97 (this layout: 0.72 / 0.99),
-    but comparisons 0.71 / 0.72 (0.76 / 0.80), the relation word under the plan wrong in 27 and 28 of 75 (0 and
-    22); answers 0.81 / 0.79 against 0.76 / 0.85. No gain on average, so not adopted.)
+    answer, read from the attribute words on its own line: ``large large equal yes 1. It is red``, and every
+    later object's mark carries it, like the running count (``small large not no 1. It is red``). The step line
+    then copies it from the line just above. (Naming the object there and looking up its colour in its line ~60
+    tokens back answered attribute questions right 0.33-0.35 of the time. Stating the answer only on the
+    matching object's mark, so that the step line had to find the trace's one earlier ``It is``, was a late
+    skill some seeds missed at 1,300 steps: attribute 0.81 / 0.36 / 0.97 / 1.00 with seeds 0-3; carried, from
+    the same warm-ups, 0.97 / 0.96 / 1.00 / 1.00 and answers 0.827 / 0.740 / 0.897 / 0.887 -> 0.870 / 0.870 /
+    0.887 / 0.910. An earlier trial of the carry, before comparisons were verdicts, had cost comparisons.)
     """
     counts = [0] * len(steps)
+    answer = None  # an attribute question's answer, carried on every mark from its object on
     out = {}
     for o in scene.objects:
         marks = []
         for i, s in enumerate(steps):
             hit = o.id in s.objects
             counts[i] += hit
+            if hit and asked:
+                answer = _value_phrase(o, asked)
             mark = f"{_comparison(s.filter, o)} {'yes' if hit else 'no'} {counts[i]}"
-            marks.append(f"{mark}. {_value_phrase(o, asked)}" if hit and asked else mark)
+            marks.append(f"{mark}. {answer}" if answer else mark)
         out[o.id] = "; ".join(marks)
     return out
 

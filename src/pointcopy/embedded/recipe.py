@@ -36,8 +36,9 @@ class ShapesRecipe:
     exclusive_cells: bool = True
     # 1,100 steps: `shapes train` took 8 min 33 s in all from a fresh root (0.40 s/step with two processes, length
     # chunks and the levers below; README, "Training time"): inside the 10 minutes the embedded default is given,
-    # and ~10 minutes at the slowest step time this machine has shown (0.48 s; an estimate). Seeds 0-3 answered 0.813 / 0.810 / 0.790 / 0.833 on 300
-    # held-out scenes; --steps 1300 (10-11 min) answered 0.870 / 0.870 / 0.887 / 0.910 from the same warm-ups.
+    # and ~10 minutes at the slowest step time this machine has shown (0.48 s; an estimate). Seeds 0-3 answered
+    # 0.813 / 0.810 / 0.790 / 0.833 on 300 held-out scenes; --steps 1300 (10-11 min) answered 0.870 / 0.870 / 0.887
+    # / 0.910 from the same warm-ups.
     steps: int = 1100
     batch_size: int = 16
     # 4.5e-3 did not rescue the seed that missed the late skills (seed 1: 0.700 vs 0.693).

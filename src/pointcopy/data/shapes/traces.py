@@ -173,8 +173,6 @@ def trace_text(scene: Scene, q: Question) -> str:
     elif q.family == "compare":
         ka, kb = (len(s.objects) for s in steps)
         lines += [f"{s.query}: {len(s.objects)}." for s in steps]
-        yes = {"more": ka > kb, "fewer": ka < kb, "same": ka == kb}[q.relation]
-        result = "yes" if yes else "no"
         # The relation line again, then the comparison: yes/no is decided where the word and the sign are both in
         # view. With the word only after the sign (``3 > 1: more yes.``) and nowhere in the trace before, the
         # shipped model of that layout wrote the word the sign suggests instead of the question's in 10 of its 46
@@ -183,10 +181,11 @@ def trace_text(scene: Scene, q: Question) -> str:
         # verdict (``2 < 4: fewer fewer equal yes``). Deciding it from the word and the sign directly (``2 < 4:
         # yes``) was the late skill two of four seeds missed at 1,300 steps (comparison 0.67 / 0.69); with the
         # verdict the same seeds and warm-ups reached 0.91 / 0.92, answers 0.693 -> 0.740 and 0.867 -> 0.887.
-        sign_word = "more" if ka > kb else "fewer" if ka < kb else "same"
-        verdict = "equal" if sign_word == q.relation else "not"
-        lines.append(f"{RELATION_PREFIX}{q.relation}. {ka} {'>' if ka > kb else '<' if ka < kb else '='} {kb}: "
-                     f"{q.relation} {sign_word} {verdict} {result}.")
+        sign, sign_word = (">", "more") if ka > kb else ("<", "fewer") if ka < kb else ("=", "same")
+        holds = sign_word == q.relation  # the question's relation is the counts' own: the verdict and the answer
+        result = "yes" if holds else "no"
+        lines.append(f"{RELATION_PREFIX}{q.relation}. {ka} {sign} {kb}: "
+                     f"{q.relation} {sign_word} {'equal' if holds else 'not'} {result}.")
     elif q.family == "attribute":
         (s,) = steps
         if len(s.objects) != 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -140,6 +141,31 @@ def test_train_data_parallel_splits_batch_and_threads(toy, tmp_path):
     from pointcopy.training.run import weights_digest
 
     assert weights_digest(model) == digests[0].strip()
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_rank_closes_its_process_group_before_exit(toy, tmp_path, monkeypatch, fails):
+    """A rank must destroy the gloo group the Trainer opened, also when training raised: left to interpreter
+    shutdown, gloo threads can abort a rank that had already finished (SIGABRT, and torchrun fails the run)."""
+    import torch.distributed as dist
+
+    from pointcopy.training import parallel
+
+    def fake_train(options):  # opens the group as the Trainer does under torchrun
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{parallel._free_port()}", rank=0,
+                                world_size=1)
+        if fails:
+            raise RuntimeError("training failed")
+
+    monkeypatch.setattr(parallel, "train", fake_train)
+    options_file = tmp_path / parallel.OPTIONS_FILE
+    options_file.write_text(json.dumps(dataclasses.asdict(_options(toy, tmp_path))))
+    if fails:
+        with pytest.raises(RuntimeError, match="training failed"):
+            parallel.main([str(options_file)])
+    else:
+        assert parallel.main([str(options_file)]) == 0
+    assert not dist.is_initialized()
 
 
 def _pids_with(fragment: str) -> list[int]:

@@ -143,28 +143,40 @@ def test_train_data_parallel_splits_batch_and_threads(toy, tmp_path):
     assert weights_digest(model) == digests[0].strip()
 
 
+@pytest.mark.parametrize("entry", ["torchrun worker", "pointcopy train"])
 @pytest.mark.parametrize("fails", [False, True])
-def test_rank_closes_its_process_group_before_exit(toy, tmp_path, monkeypatch, fails):
-    """A rank must destroy the gloo group the Trainer opened, also when training raised: left to interpreter
-    shutdown, gloo threads can abort a rank that had already finished (SIGABRT, and torchrun fails the run)."""
+def test_entry_points_close_the_process_group_before_exit(toy, tmp_path, monkeypatch, entry, fails):
+    """Both distributed entry points (`train_data_parallel`'s worker, `accelerate launch ... pointcopy.cli train`)
+    must destroy the gloo group the Trainer opened, also when training raised: left to interpreter shutdown, gloo
+    threads can abort a rank that had already finished (SIGABRT, and the launcher fails the run)."""
     import torch.distributed as dist
 
-    from pointcopy.training import parallel
+    from pointcopy.training import parallel, run
 
     def fake_train(options):  # opens the group as the Trainer does under torchrun
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{parallel._free_port()}", rank=0,
                                 world_size=1)
         if fails:
             raise RuntimeError("training failed")
+        return {"global_step": 1, "train_loss": 0.0, "log_history": []}
 
     monkeypatch.setattr(parallel, "train", fake_train)
+    monkeypatch.setattr(run, "train", fake_train)
+    options = _options(toy, tmp_path)
     options_file = tmp_path / parallel.OPTIONS_FILE
-    options_file.write_text(json.dumps(dataclasses.asdict(_options(toy, tmp_path))))
+    options_file.write_text(json.dumps(dataclasses.asdict(options)))
+    if entry == "torchrun worker":
+        call = lambda: parallel.main([str(options_file)])  # noqa: E731
+    else:
+        from pointcopy.cli import main as cli_main
+
+        call = lambda: cli_main(["train", "--model", "tiny", "--train-data", str(toy[0]),  # noqa: E731
+                                 "--output-dir", str(tmp_path)])
     if fails:
         with pytest.raises(RuntimeError, match="training failed"):
-            parallel.main([str(options_file)])
+            call()
     else:
-        assert parallel.main([str(options_file)]) == 0
+        assert call() == 0
     assert not dist.is_initialized()
 
 

@@ -36,10 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pointcopy.training.run import TrainOptions, train
+    from pointcopy.training.run import TrainOptions, close_process_group, train
 
     names = {f.name for f in dataclasses.fields(TrainOptions)}
-    summary = train(TrainOptions(**{k: v for k, v in vars(args).items() if k in names}))
+    try:
+        summary = train(TrainOptions(**{k: v for k, v in vars(args).items() if k in names}))
+    finally:
+        close_process_group()  # under `accelerate launch`: before interpreter shutdown, see its docstring
     last = next((h for h in reversed(summary["log_history"]) if "loss" in h), {})
     print(json.dumps({"global_step": summary["global_step"], "train_loss": summary["train_loss"],
                       **{k: last[k] for k in ("gen_loss", "copy_loss", "z_loss", "copy_acc") if k in last}}))

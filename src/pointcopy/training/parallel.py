@@ -22,7 +22,7 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from .run import TrainOptions, train
+from .run import TrainOptions, close_process_group, train
 
 OPTIONS_FILE = "launch_options.json"
 
@@ -88,21 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train(options)
     finally:
-        _close_process_group()
+        close_process_group()
     return 0
-
-
-def _close_process_group() -> None:
-    """Destroy the gloo process group the Trainer opened, while the interpreter is still whole.
-
-    Left to interpreter shutdown, gloo's worker threads can be torn down mid-flight: a rank that had finished
-    training and saved aborted with "terminate called without an active exception" (SIGABRT), and torchrun then
-    failed the whole run (seen once in CI, in `test_data_parallel_training_with_chunks_matches_unchunked`).
-    """
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -187,6 +187,20 @@ def train(options: TrainOptions) -> dict:
     return summary
 
 
+def close_process_group() -> None:
+    """Destroy the process group the Trainer opened (no-op without one); entry points call it before exiting.
+
+    Left to interpreter shutdown, gloo's worker threads can be torn down mid-flight: a rank that had finished
+    training and saved aborted with "terminate called without an active exception" (SIGABRT), and the launcher
+    then failed the whole run (seen once in CI, under `train_data_parallel`). Not called by `train` itself: a
+    caller may train again in the same group.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _CrashAfterSave(step: int):
     """A TrainerCallback that hard-exits (no cleanup, like SIGKILL) once a checkpoint at step >= `step` exists."""
     from transformers import TrainerCallback

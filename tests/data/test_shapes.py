@@ -195,6 +195,8 @@ def test_trace_plans_quoted_steps_and_marks_every_object_locally():
         head = 2 if q.family == "compare" else 1  # a comparison's relation line follows the plan
         running = [0] * len(q.steps)
         for o, line in zip(scene.objects, lines[head:]):
+            if q.family == "compare":  # the relation word, carried on every object line
+                line = line.removesuffix(f". Compare: {q.relation}")
             words, marks = line.split(": ")
             assert words.endswith(describe(o))
             for i, (mark, s) in enumerate(zip(marks.split("; "), q.steps)):
@@ -229,6 +231,8 @@ def test_trace_plans_quoted_steps_and_marks_every_object_locally():
             sign_word = {">": "more", "<": "fewer", "=": "same"}[line.group(1)]
             assert line.group(2) == sign_word and line.group(3) == ("equal" if sign_word == q.relation else "not")
             assert lines[1] == f"Compare: {q.relation}."
+            assert all(re.search(rf" \d+\. Compare: {q.relation}$", x) for x in lines[2:2 + len(scene.objects)])
+            assert trace_text(scene, q).count("Compare: ") == len(scene.objects) + 2
         if q.family == "attribute":  # "It is" from the matching object on; the step line repeats the line above
             value = steps_text.split("It is ")[1].split(".")[0]
             match = q.steps[0].objects[0]

@@ -13,6 +13,8 @@ interleaved in one process and median step times are compared. Configurations:
     +enum-call tokens and the shapes world's enumeration call as two tokens (presets._MARKUP): the tokenizer of
                       the preset now; the configurations above use the tokenizer before that change, whose
                       special-token ids differ, so this one trains its own copy of the model (same weights)
+    -relation carry   as +enum-call tokens, on the same rows without a comparison's relation word carried on
+                      its object lines (``. Compare: more``; traces.trace_text): what the carry costs
 
 Prints the padding removed, a table, then `figure shapes_step_ratio[<config>] <x>` (seconds / padded seconds;
 below 1.0 = faster) and the ratio of each lever to the configuration before it.
@@ -23,6 +25,7 @@ below 1.0 = faster) and the ratio of each lever to the configuration before it.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import re
 import statistics
@@ -57,6 +60,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         records = build_split(Path(tmp) / "train", 256, seed=5, config=recipe.scenes, progress=False)["copy"]
         data = V1GDataset([records])
+        no_carry = _without_relation_carry(records)
+        no_carry_data = V1GDataset([no_carry])
         markup = presets._MARKUP
         presets._MARKUP = [t for t in markup if t not in _ENUM_CALL_TOKENS]  # the tokenizer before the change
         try:
@@ -76,10 +81,12 @@ def main() -> None:
         collate_plain = GroundedCollator(plain_processor, **render)
         collate_enum = GroundedCollator(enum_processor, **render)
         rng = random.Random(0)
-        rows = [[data[rng.randrange(len(data))] for _ in range(args.batch_size)] for _ in range(6)]
+        picks = [[rng.randrange(len(data)) for _ in range(args.batch_size)] for _ in range(6)]
+        rows = [[data[i] for i in p] for p in picks]
         batches = [collate(r) for r in rows]
         plain_batches = [collate_plain(r) for r in rows]  # the same rows without the system block
         enum_batches = [collate_enum(r) for r in rows]  # and with the enumeration call as two tokens
+        no_carry_batches = [collate_enum([no_carry_data[i] for i in p]) for p in picks]  # and no relation carry
 
         optimizers = {m: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
                       for m in (model, enum_model)}
@@ -95,6 +102,7 @@ def main() -> None:
         configs["+full-Z"] = (trainer(3, True), 0, batches, model)
         configs["-system prompt"] = (trainer(3, True), 0, plain_batches, model)
         configs["+enum-call tokens"] = (trainer(3, True, enum_model), 0, enum_batches, enum_model)
+        configs["-relation carry"] = (trainer(3, True, enum_model), 0, no_carry_batches, enum_model)
         model.train()
         enum_model.train()
 
@@ -134,6 +142,9 @@ def main() -> None:
     print(f"real tokens without the system block / with it = {plain_real / real:.3f}")
     enum_real = sum(int(b["attention_mask"].sum()) for b in enum_batches)
     print(f"real tokens with the enumeration call as two tokens / without = {enum_real / plain_real:.3f}")
+    no_carry_real = sum(int(b["attention_mask"].sum()) for b in no_carry_batches)
+    print(f"real tokens with the relation carry / without = {enum_real / no_carry_real:.3f}")
+    print(f"figure relation_carry_cost {median['+enum-call tokens'] / median['-relation carry']:.3f}")
     for before, lever in [("chunks 3", "+supervised"), ("+supervised", "+full-Z"), ("+full-Z", "-system prompt"),
                           ("-system prompt", "+enum-call tokens")]:
         if before in median:
@@ -141,6 +152,20 @@ def main() -> None:
 
 
 _ENUM_CALL_TOKENS = ('detect(query="object", objects=["', '</region>"])')
+_RELATION_CARRY = re.compile(r"\. Compare: \w+$", re.M)  # the end of a comparison's object line
+
+
+def _without_relation_carry(records: Path) -> Path:
+    """A copy of the v1g JSONL `records` (beside it: same images) with the relation carry cut from every trace."""
+    out = records.with_name(records.stem + "-no-relation-carry.jsonl")
+    with open(records) as src, open(out, "w") as dst:
+        for line in src:
+            rec = json.loads(line)
+            for turn in rec["conversations"]:
+                if turn["from"] == "gpt":
+                    turn["value"] = _RELATION_CARRY.sub("", turn["value"])
+            dst.write(json.dumps(rec) + "\n")
+    return out
 
 
 def _remap_vocab(source, target, source_tok, target_tok) -> dict:

@@ -34,11 +34,11 @@ class ShapesRecipe:
     position_tint: int = 0
     # Every merged cell shows at most one object (SceneConfig.exclusive_cells), so each copy is one object's evidence.
     exclusive_cells: bool = True
-    # 1,100 steps: `shapes train` took 8 min 33 s in all from a fresh root (0.40 s/step with two processes, length
-    # chunks and the levers below; README, "Training time"): inside the 10 minutes the embedded default is given,
-    # and ~10 minutes at the slowest step time this machine has shown (0.48 s; an estimate). Seeds 0-3 answered
-    # 0.813 / 0.810 / 0.790 / 0.833 on 300 held-out scenes; --steps 1300 (10-11 min) answered 0.870 / 0.870 / 0.887
-    # / 0.910 from the same warm-ups.
+    # 1,100 steps: `shapes train` took 8 min 33 s in all from a fresh root on a fast hour (0.40 s/step with two
+    # processes, length chunks and the levers below) and 9 min 51 s on a slow one (0.455 s/step; README, "Training
+    # time"): inside the 10 minutes the embedded default is given, barely at this machine's slowest. Seeds 0-3
+    # answered 0.833 / 0.793 / 0.813 / 0.853 on 300 held-out scenes (without the relation carry 0.813 / 0.810 /
+    # 0.790 / 0.833; that trace at --steps 1300, 10-11 min, 0.870 / 0.870 / 0.887 / 0.910 from the same warm-ups).
     steps: int = 1100
     batch_size: int = 16
     # 4.5e-3 did not rescue the seed that missed the late skills (seed 1: 0.700 vs 0.693).

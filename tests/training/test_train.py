@@ -180,6 +180,25 @@ def test_entry_points_close_the_process_group_before_exit(toy, tmp_path, monkeyp
     assert not dist.is_initialized()
 
 
+def test_train_command_parses_every_option_into_train_options():
+    """`pointcopy train` has a flag per TrainOptions field; a `bool | None` one is --x / --no-x / unset (None), not
+    argparse's `type=bool`, which reads "False" as True."""
+    import argparse
+
+    from pointcopy.commands import train as train_command
+
+    parser = argparse.ArgumentParser()
+    train_command.add_arguments(parser)
+    need = ["--model", "tiny", "--train-data", "a.jsonl", "--output-dir", "out"]
+    parsed = {k: vars(parser.parse_args(need + extra)) for k, extra in
+              {"unset": [], "on": ["--ddp-find-unused-parameters"], "off": ["--no-ddp-find-unused-parameters"]}.items()}
+    assert {k: v["ddp_find_unused_parameters"] for k, v in parsed.items()} == {"unset": None, "on": True, "off": False}
+    names = {f.name for f in dataclasses.fields(TrainOptions)}
+    assert names <= set(parsed["unset"])
+    assert TrainOptions(**{k: v for k, v in parsed["unset"].items() if k in names}) == TrainOptions(
+        model="tiny", train_data=["a.jsonl"], output_dir="out")
+
+
 def _pids_with(fragment: str) -> list[int]:
     """Live processes whose command line contains `fragment` (Linux /proc)."""
     pids = []

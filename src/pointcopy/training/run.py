@@ -62,6 +62,9 @@ class TrainOptions:
     length_chunks: int = 1
     # with several ranks, deal each random global batch to them by length (training/sampling.py)
     balance_ranks: bool = True
+    # DDP's search for parameters a step did not use (None: the Trainer's choice, on unless gradient checkpointing).
+    # False saves an autograd-graph traversal per step but fails if a trainable parameter goes unused in a step.
+    ddp_find_unused_parameters: bool | None = None
     require_object_regions: bool = True  # v1g validation: every <objN> needs a region (off for text-only controls)
     threads: int | None = 1
     resume: bool = True
@@ -157,6 +160,7 @@ def train(options: TrainOptions) -> dict:
         remove_unused_columns=False, report_to=[], dataloader_num_workers=0, disable_tqdm=not options.progress,
         # gloo only when actually distributed (accelerate launch sets WORLD_SIZE); CPU has no NCCL
         ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() else None,
+        ddp_find_unused_parameters=options.ddp_find_unused_parameters,
         use_cpu=not torch.cuda.is_available(),
     )
     trainer = PointCopyTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,

@@ -5,7 +5,8 @@ times and the median `train()` wall time of each is compared. Prints a table, th
 `figure data_parallel_speedup <x>` (single-process seconds / data-parallel seconds; > 1 = data parallel faster).
 
 With `--find-unused` the two set-ups are both data parallel, DDP's search for unused parameters on (the Trainer's
-default) and off (the shapes recipe's `train_options`): `figure ddp_find_unused_off_speedup <x>` (on / off).
+default, which the shapes recipe keeps) and off: `figure ddp_find_unused_off_speedup <x>` (on / off; > 1 = off
+faster).
 
     .venv/bin/python benchmarks/data_parallel.py [--steps 60] [--repeats 3] [--processes 2] [--threads 2] [--batch-size 16]
                                                  [--find-unused]

@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                 help='JSON object of config fields, e.g. \'{"pointing_enabled": false}\'')
         else:
             base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
-            if base is bool:  # `bool | None`: --flag / --no-flag, unset = None (argparse's type=bool reads "False" as True)
+            if base is bool:  # `bool | None`: --x / --no-x / unset (None); argparse's type=bool reads "False" as True
                 parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
             else:
                 parser.add_argument(flag, type=base, required=required, default=None if required else f.default)

@@ -2,7 +2,8 @@
 
 Default budget: 3 seeds x (one vision warm-up + 3 trainings of --steps each + 4 evaluations). With the default
 400 steps it took 32 minutes on 2 cores with nothing else running (within the ~40 minutes the issue asks for),
-but at that budget the copy and no-copy models tie (33.9% each; docs/results/ablation-400steps.md). Use
+but at that budget the copy and no-copy models tie (33.9% each; docs/results/ablation-400steps.md; on the
+current recipe, 31.5 minutes, 32.2% vs 31.7%: docs/results/ablation-400steps-relcarry.md). Use
 --steps 1300 to compare them: 100 minutes, copy 84.7% vs no-copy 63.3% with non-overlapping 95% intervals
 (docs/results/ablation-1300steps.md). Raise --steps/--test-items/--seeds to scale it up.
 Writes ROOT/ablation/{results.json,table.md,ablation.png}.

@@ -22,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        if hint is bool:
+        base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)  # `X | None` -> X
+        if base is bool:  # --x / --no-x (unset: the default, None for `bool | None`); type=bool reads "False" as True
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
         elif f.name in ("train_data", "eval_data"):
             parser.add_argument(flag, nargs="+", required=required,
@@ -31,11 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=json.loads, default={},
                                 help='JSON object of config fields, e.g. \'{"pointing_enabled": false}\'')
         else:
-            base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
-            if base is bool:  # `bool | None`: --x / --no-x / unset (None); argparse's type=bool reads "False" as True
-                parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-            else:
-                parser.add_argument(flag, type=base, required=required, default=None if required else f.default)
+            parser.add_argument(flag, type=base, required=required, default=None if required else f.default)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,6 +15,15 @@ from pathlib import Path
 from typing import Any, Iterable
 
 BENCHMARKS = ("mathvista", "mathvision", "mathverse")
+# the id field of each benchmark's items, as the official files spell it
+ID_KEYS = {"mathvision": "id", "mathvista": "pid", "mathverse": "sample_index"}
+# fields that decide whether an answer is right: a scorer takes them from the benchmark data only, never from a
+# predictions row (official output files repeat the item, and a row could otherwise carry its own gold answer)
+GOLD_FIELDS = {
+    "mathvision": ("answer", "options", "question"),
+    "mathvista": ("answer", "choices", "question_type", "answer_type", "precision", "unit", "question", "query"),
+    "mathverse": ("answer", "choices", "question_type", "question", "query_wo", "query_cot", "precision", "unit"),
+}
 
 
 @dataclass
@@ -181,7 +190,15 @@ def load(benchmark: str, data_dir: str | Path, split: str | None = None) -> Benc
     raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {BENCHMARKS}")
 
 
+def jsonl_text(rows: Iterable[dict]) -> str:
+    """JSON lines text of `rows` (UTF-8-safe: see `pointcopy.files.dumps`)."""
+    from pointcopy.files import dumps
+
+    return "".join(dumps(r) + "\n" for r in rows)
+
+
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    """Write JSON lines atomically (a crash leaves the previous file or the new one, never a torn one)."""
+    from pointcopy.files import write_atomic
+
+    write_atomic(path, jsonl_text(rows))

@@ -95,26 +95,27 @@ def score_run(args, bench: data.Benchmark, rows: list[dict]) -> tuple[int, int, 
     settings = json.loads((args.out / runner.RUN_JSON).read_text(encoding="utf-8"))["settings"]
     profile = {**settings, "items in predictions": len(rows), "items in split": len(bench),
                "generation errors": len(failed)}
-    notes = []
-    if len(rows) != len(bench):
-        notes.append(f"predictions cover {len(rows)} of {len(bench)} items; totals are over the predictions")
+    notes = score_cli.scoring_notes(args, n_rows=len(rows), n_split=len(bench), timeouts=timeouts)
     if failed:
         notes.append(f"{len(failed)} items were not generated (missing or unreadable image); they count as not "
                      f"scored, and the official-format summary.json covers only the {len(generated)} generated items")
-    if timeouts:
-        notes.append(f"{timeouts} math evaluations hit the {args.timeout:g} s limit and counted as not equal")
+    cover = score_cli.coverage(len(rows), len(bench), len(errors), {},
+                               sum(1 for it in items if it.get("gold_mismatch")))
     n_ok, n_strict = score_cli.write_outputs(args.out, benchmark=args.benchmark,
                                              predictions=str(args.out / runner.PREDICTIONS), items=items,
                                              summary=summary, strict_summary=strict_summary, groups=groups,
-                                             errors=errors, profile=profile, notes=notes)
+                                             errors=errors, profile=profile, notes=notes, cover=cover)
     return n_ok, n_strict, len(items)
 
 
 def run(args) -> int:
     import torch
 
+    from pointcopy.files import DirLock, LockedError
+
     kind = "baseline-qwen" if args.baseline_qwen else "pointcopy-no-pointing" if args.no_pointing else "pointcopy"
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    lock = None
     try:
         bench = data.load(args.benchmark, args.data, args.split)
         prompt = args.prompt or runner.PROMPT_MODES[args.benchmark][0]
@@ -125,15 +126,28 @@ def run(args) -> int:
             raise ValueError(f"--limit must be >= 0, got {args.limit}")
         if args.batch_size < 1 or args.max_new_tokens < 1:
             raise ValueError("--batch-size and --max-new-tokens must be >= 1")
+        if args.out.exists() and not args.out.is_dir():
+            raise ValueError(f"--out {args.out} is a file, not a directory")
         settings = _settings(args, bench.split, prompt, kind)
+        # one run per directory: a second `pointcopy eval` into it would interleave its lines with ours
+        lock = DirLock(args.out, "pointcopy eval").acquire()
         # refuse a mismatched directory before spending minutes loading a model
         if (args.out / runner.RUN_JSON).is_file():
             runner.check_run_json(args.out, settings, {})
         model, processor = runner.load_model(args.model, kind, args.dtype, device)
         resuming = runner.check_run_json(args.out, settings, _info(args, model, device))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, LockedError) as exc:
+        if lock is not None:
+            lock.release()
         print(f"pointcopy eval: {exc}", file=sys.stderr)
         return 2
+    try:
+        return _generate_and_score(args, bench, model, processor, prompt, settings, resuming)
+    finally:
+        lock.release()
+
+
+def _generate_and_score(args, bench, model, processor, prompt, settings, resuming) -> int:
     item_ids = list(bench.items)[: args.limit]
     items = {k: bench.items[k] for k in item_ids}
     stats = runner.run_generation(model, processor, args.benchmark, items, args.out, prompt_mode=prompt,
@@ -146,5 +160,6 @@ def run(args) -> int:
         return 0
     rows = list(runner.PredictionLog(args.out / runner.PREDICTIONS, runner.ID_KEYS[args.benchmark]).load().values())
     n_ok, n_strict, n = score_run(args, bench, rows)
-    print(f"{args.benchmark}: official-compatible {n_ok}/{n}, strict {n_strict}/{n} -> {args.out}")
+    print(f"{args.benchmark}: official-compatible {n_ok}/{n}, strict {n_strict}/{n}, coverage {len(rows)}/"
+          f"{len(bench)} -> {args.out}")
     return 0

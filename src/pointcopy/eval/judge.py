@@ -1,9 +1,16 @@
 """LLM judge/extractor client for any OpenAI-compatible chat endpoint, with an on-disk cache.
 
 Configuration comes from the environment (never from files in the repo):
-  POINTCOPY_JUDGE_BASE_URL  e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1 (falls back to OPENAI_BASE_URL)
-  POINTCOPY_JUDGE_MODEL     e.g. gpt-4o-mini                                      (no default: name it)
-  POINTCOPY_JUDGE_API_KEY   bearer token, optional for local servers             (falls back to OPENAI_API_KEY)
+  POINTCOPY_JUDGE_BASE_URL    e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1 (falls back to
+                              OPENAI_BASE_URL)
+  POINTCOPY_JUDGE_MODEL       e.g. gpt-4o-mini                                      (no default: name it)
+  POINTCOPY_JUDGE_API_KEY     bearer token, optional for local servers
+  POINTCOPY_JUDGE_ALLOW_HTTP  1 to allow plain http to a host that is not this machine
+
+A key goes only where it belongs: the judge's own key to the judge's endpoint; a generic OPENAI_API_KEY is used
+only when the endpoint is OpenAI's own (https://api.openai.com), never sent to another base URL. Plain http is
+refused for any host but loopback (a key or the benchmark's prompts would cross the network in clear text) unless
+POINTCOPY_JUDGE_ALLOW_HTTP=1.
 
 Every call is cached under `cache_dir/<sha256>.json`, keyed by (model, messages, temperature, attempt), so
 re-scoring a run costs nothing and gives the same answers; the file also records the prompt hash and model so a
@@ -17,7 +24,9 @@ import json
 import os
 import tempfile
 import time
+import ipaddress
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,14 +53,54 @@ class JudgeConfig:
         if not base or not model:
             raise JudgeError("judge not configured: set POINTCOPY_JUDGE_BASE_URL and POINTCOPY_JUDGE_MODEL "
                              "(and POINTCOPY_JUDGE_API_KEY if the endpoint needs one)")
-        return cls(base_url=base.rstrip("/"), model=model,
-                   api_key=env.get("POINTCOPY_JUDGE_API_KEY") or env.get("OPENAI_API_KEY"))
+        base = base.rstrip("/")
+        check_endpoint(base, allow_http=env.get("POINTCOPY_JUDGE_ALLOW_HTTP", "") in ("1", "true", "yes"))
+        key = env.get("POINTCOPY_JUDGE_API_KEY")
+        if not key and urllib.parse.urlsplit(base).hostname == OPENAI_HOST and base.startswith("https://"):
+            key = env.get("OPENAI_API_KEY")
+        return cls(base_url=base, model=model, api_key=key)
+
+
+OPENAI_HOST = "api.openai.com"
+
+
+def is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_endpoint(base_url: str, allow_http: bool = False) -> None:
+    """Refuse a base URL that is not http(s), or plain http to a host other than this machine (unless allowed)."""
+    parts = urllib.parse.urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise JudgeError(f"judge base URL {base_url!r} is not an http(s) URL")
+    if parts.scheme == "http" and not is_loopback(parts.hostname) and not allow_http:
+        raise JudgeError(f"judge base URL {base_url!r} is plain http to another host: prompts and the API key would "
+                         f"travel unencrypted; use https, or set POINTCOPY_JUDGE_ALLOW_HTTP=1 if that network is "
+                         f"trusted")
 
 
 def prompt_hash(model: str, messages: list[dict], temperature: float, attempt: int = 0) -> str:
     blob = json.dumps({"model": model, "messages": messages, "temperature": temperature, "attempt": attempt},
                       sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """urllib would follow a redirect with the Authorization header to wherever it points (another host, plain
+    http); the judge never follows one: the 30x surfaces as an HTTP error naming the status."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
 
 
 class ChatJudge:
@@ -97,7 +146,7 @@ class ChatJudge:
         for i in range(self.retries + 1):
             try:
                 req = urllib.request.Request(url, data=body, headers=headers, method="POST")
-                with urllib.request.urlopen(req, timeout=self.config.timeout_s) as resp:
+                with _OPENER.open(req, timeout=self.config.timeout_s) as resp:
                     payload = json.loads(resp.read().decode("utf-8"))
                 self.calls += 1
                 content = payload["choices"][0]["message"]["content"]

@@ -3,16 +3,14 @@ and the items that could not be scored."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 
 def _pct(c: int, n: int) -> str:
     return f"{c}/{n} = {100 * c / n:.2f}%" if n else "0/0"
 
 
-def write_report(path: Path, *, benchmark: str, predictions: str, profile: dict, official_correct: int,
-                 strict_correct: int, total: int, breakdown: dict[str, dict[str, tuple[int, int]]],
-                 errors: list[dict], notes: list[str]) -> None:
+def render_report(*, benchmark: str, predictions: str, profile: dict, official_correct: int, strict_correct: int,
+                  total: int, breakdown: dict[str, dict[str, tuple[int, int]]], errors: list[dict],
+                  notes: list[str]) -> str:
     lines = [f"# {benchmark} score report", "", f"Predictions: `{predictions}`", "", "## Profile", ""]
     lines += [f"- **{k}**: {v}" for k, v in profile.items()]
     lines += ["", "## Headline", "", "| mode | correct / total |", "|---|---|",
@@ -32,7 +30,7 @@ def write_report(path: Path, *, benchmark: str, predictions: str, profile: dict,
             lines.append(f"- ... {len(errors) - 200} more (see items.jsonl)")
     else:
         lines.append("none")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return "\n".join(lines) + "\n"
 
 
 def breakdown_counts(rows: list[tuple[str, bool, bool]]) -> dict[str, tuple[int, int, int]]:

@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pointcopy.eval import prompts
+from pointcopy.eval import data, prompts
+from pointcopy.files import dumps, write_atomic
 
-ID_KEYS = {"mathvision": "id", "mathvista": "pid", "mathverse": "sample_index"}
+ID_KEYS = data.ID_KEYS
 # prompt modes per benchmark; the first is the default
 PROMPT_MODES = {"mathvision": ("cot", "direct"), "mathvista": ("query",), "mathverse": ("wo", "cot")}
 MODEL_KINDS = ("pointcopy", "pointcopy-no-pointing", "baseline-qwen")
@@ -94,10 +95,7 @@ def check_run_json(out_dir: Path, settings: dict, info: dict) -> bool:
     if (out_dir / PREDICTIONS).exists():
         raise RunMismatch(f"{out_dir / PREDICTIONS} exists but {path} does not: cannot tell which settings made it")
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"settings": settings, "info": info}, indent=2, ensure_ascii=False) + "\n",
-                   encoding="utf-8")
-    os.replace(tmp, path)  # atomic: a kill never leaves a half-written run.json
+    write_atomic(path, dumps({"settings": settings, "info": info}, indent=2) + "\n")  # never half-written
     return False
 
 
@@ -151,7 +149,7 @@ class PredictionLog:
         """One write per batch, then flush + fsync: after a kill the file ends at a batch boundary or mid-line."""
         if not rows:
             return
-        blob = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+        blob = "".join(dumps(r) + "\n" for r in rows).encode("utf-8")
         with open(self.path, "ab") as f:
             f.write(blob)
             f.flush()

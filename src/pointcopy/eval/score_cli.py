@@ -9,8 +9,14 @@ Accepted predictions files:
   mathverse   a JSON list (official submission layout: the sample plus `model_answer` = full response) or JSON
               lines with `sample_index`/`pid` and `response`.
 Writes OUTDIR/items.jsonl (one line per item), OUTDIR/summary.json (official layout: MATH-V `_result.json`
-strings, MathVista `scores_*.json`; MathVerse per-version metrics), OUTDIR/summary_strict.json and report.md.
+strings, MathVista `scores_*.json`; MathVerse per-version metrics; plus a `coverage` entry), OUTDIR/summary_strict.json
+and report.md, all atomically (a crash leaves the previous outputs or the new ones) under a lock on OUTDIR.
 Never imports torch or transformers.
+
+A score cannot be inflated by the predictions file: an id that appears twice is refused (`--keep-first` scores its
+first row and records the dropped ones in `summary.json["coverage"]`); gold fields (`data.GOLD_FIELDS`) come from the
+benchmark data only, and a row that carries a different value is recorded as a gold mismatch; `coverage` says how
+many of the split's items the predictions cover.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import sys
 from pathlib import Path
 
 from pointcopy.eval import data, mathverse, mathvision, mathvista, safe_math, strict
-from pointcopy.eval.report import breakdown_counts, write_report
+from pointcopy.eval.report import breakdown_counts, render_report
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,6 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--math-backend", choices=("native", "latex2sympy2"), default="native",
                    help="MATH-V numeric parser: own safe parser (default) or latex2sympy2 (optional extra)")
     p.add_argument("--timeout", type=float, default=safe_math.DEFAULT_TIMEOUT_S, help="per-item math time limit, s")
+    p.add_argument("--keep-first", action="store_true", help="an id repeated in the predictions: score its first "
+                   "row and record the rest in summary.json (default: refuse the file)")
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -75,6 +83,35 @@ def read_predictions(path: Path, key: str) -> list[dict]:
     return out
 
 
+def unique_rows(rows: list[dict]) -> tuple[list[dict], dict[str, int]]:
+    """The first row of each `_id`, in file order, and id -> number of further rows dropped."""
+    seen: dict[str, dict] = {}
+    dropped: dict[str, int] = {}
+    for r in rows:
+        if r["_id"] in seen:
+            dropped[r["_id"]] = dropped.get(r["_id"], 0) + 1
+        else:
+            seen[r["_id"]] = r
+    return list(seen.values()), dropped
+
+
+def with_gold(benchmark: str, base: dict, row: dict) -> tuple[dict, list[str]]:
+    """The benchmark item with the row's other fields (official output files carry the item, with the metadata its
+    score breakdowns were computed from), gold fields always from `base`; plus the gold fields the row tried to
+    change."""
+    gold = data.GOLD_FIELDS[benchmark]
+    item = {**base, **{k: v for k, v in row.items() if not k.startswith("_") and k not in gold}}
+    return item, [k for k in gold if k in row and row[k] != base.get(k)]
+
+
+def coverage(n_rows: int, n_split: int, n_unscored: int, dropped: dict[str, int], mismatched: int) -> dict:
+    """`summary.json["coverage"]`: how much of the split the scored predictions are, and what was set aside."""
+    return {"predictions": n_rows, "items_in_split": n_split, "fraction": round(n_rows / n_split, 4) if n_split
+            else 0.0, "complete": n_rows == n_split and not n_unscored, "not_scored": n_unscored,
+            "duplicate_rows_dropped": sum(dropped.values()), "duplicate_ids": sorted(dropped)[:100],
+            "rows_with_gold_mismatch": mismatched}
+
+
 def _judge(args):
     from pointcopy.eval.judge import ChatJudge, JudgeConfig
 
@@ -87,9 +124,10 @@ def score_mathvision(args, bench, preds, ev):
     for r in preds:
         rid = r["_id"]
         try:
-            item = bench.items.get(rid)
-            if item is None:
+            base = bench.items.get(rid)
+            if base is None:
                 raise ValueError(f"MATH-V item {rid!r}: id not in {bench.split}")
+            item, mismatch = with_gold("mathvision", base, r)
             response = r.get("response")
             if "model_answer" in r and not args.re_extract:
                 answer, source = r["model_answer"], "stored"
@@ -106,7 +144,7 @@ def score_mathvision(args, bench, preds, ev):
         pairs.append((item, correct))
         strict_pairs.append((item, s_ok))
         items.append({"id": rid, "model_answer": answer, "extraction_source": source, "correct": correct,
-                      "strict_extraction": s_ext, "strict_correct": s_ok})
+                      "strict_extraction": s_ext, "strict_correct": s_ok, **_mismatch(mismatch)})
     summary = mathvision.aggregate(pairs)
     strict_summary = mathvision.aggregate(strict_pairs)
     groups = {"level": [(it["level"], c, s) for (it, c), (_, s) in zip(pairs, strict_pairs)],
@@ -123,8 +161,7 @@ def score_mathvista(args, bench, preds, ev):
             base = bench.items.get(rid)
             if base is None:
                 raise ValueError(f"MathVista item {rid!r}: pid not in {bench.split}")
-            # official output files carry the item (with the metadata the score files were computed from)
-            item = {**base, **{k: v for k, v in r.items() if not k.startswith("_")}}
+            item, mismatch = with_gold("mathvista", base, r)
             response = r.get("response")
             if "extraction" in r and not args.re_extract:
                 extraction, source = r["extraction"], "stored"
@@ -143,7 +180,7 @@ def score_mathvista(args, bench, preds, ev):
         strict_pairs.append((item, s_ok))
         items.append({"id": rid, "extraction": extraction, "extraction_source": source if extraction is not None
                       else "none", "prediction": pred, "correct": tf, "strict_extraction": s_ext,
-                      "strict_prediction": s_pred, "strict_correct": s_ok})
+                      "strict_prediction": s_pred, "strict_correct": s_ok, **_mismatch(mismatch)})
     summary = mathvista.aggregate(pairs)
     strict_summary = mathvista.aggregate(strict_pairs)
     groups = {k: [((it.get("metadata") or {}).get(k), c, s) for (it, c), (_, s) in zip(pairs, strict_pairs)]
@@ -161,7 +198,7 @@ def score_mathverse(args, bench, preds, ev):
             base = bench.items.get(rid)
             if base is None:
                 raise ValueError(f"MathVerse sample {rid!r}: not in {bench.split}")
-            item = {**base, **{k: v for k, v in r.items() if not k.startswith("_")}}
+            item, mismatch = with_gold("mathverse", base, r)
             response = r.get("response", r.get("model_answer"))
             stored = r.get("extraction") if not args.re_extract else None
             res = mathverse.score_item(item, response, args.mathverse_mode, judge, stored)
@@ -173,7 +210,8 @@ def score_mathverse(args, bench, preds, ev):
         pairs.append((item, res["correct"]))
         strict_pairs.append((item, s_ok))
         items.append({"id": rid, "extraction": res["extraction"], "correct": res["correct"],
-                      "judge_failed": res["judge_failed"], "strict_extraction": s_ext, "strict_correct": s_ok})
+                      "judge_failed": res["judge_failed"], "strict_extraction": s_ext, "strict_correct": s_ok,
+                      **_mismatch(mismatch)})
     summary = mathverse.aggregate(pairs)
     if judge is not None:
         summary["judge"] = {"model": judge.config.model, "base_url": judge.config.base_url,
@@ -184,32 +222,73 @@ def score_mathverse(args, bench, preds, ev):
     return items, summary, strict_summary, groups, errors
 
 
-_ID_KEYS = {"mathvision": "id", "mathvista": "pid", "mathverse": "sample_index|pid"}
+def _mismatch(fields: list[str]) -> dict:
+    return {"gold_mismatch": fields} if fields else {}
+
+
+# ids as predictions files spell them (MathVerse: testmini's sample_index, or the public subset's pid)
+_ID_KEYS = {**data.ID_KEYS, "mathverse": "sample_index|pid"}
 
 
 def write_outputs(out, *, benchmark: str, predictions: str, items, summary, strict_summary, groups, errors,
-                  profile: dict, notes: list[str]) -> tuple[int, int]:
-    """items.jsonl, summary.json (official layout), summary_strict.json and report.md; returns the official and
-    strict correct counts. Shared by `pointcopy score` and `pointcopy eval`."""
-    data.write_jsonl(out / "items.jsonl", items)
-    for name, obj in (("summary.json", summary), ("summary_strict.json", strict_summary)):
-        (out / name).write_text(json.dumps(obj, indent=4, ensure_ascii=False) + "\n", encoding="utf-8")
+                  profile: dict, notes: list[str], cover: dict) -> tuple[int, int]:
+    """items.jsonl, summary.json (official layout + `coverage`), summary_strict.json and report.md, all encoded
+    first and then renamed into place; returns the official and strict correct counts. Shared by `pointcopy score`
+    and `pointcopy eval`."""
+    from pointcopy.files import dumps, write_all_atomic
+
     n_ok = sum(1 for it in items if it.get("correct"))
     n_strict = sum(1 for it in items if it.get("strict_correct"))
-    write_report(out / "report.md", benchmark=benchmark, predictions=predictions, profile=profile,
-                 official_correct=n_ok, strict_correct=n_strict, total=len(items),
-                 breakdown={k: breakdown_counts(v) for k, v in groups.items()}, errors=errors, notes=notes)
+    mismatched = [it["id"] for it in items if it.get("gold_mismatch")]
+    if mismatched:
+        notes = notes + [f"{len(mismatched)} prediction rows carry gold fields that differ from the benchmark data "
+                         f"(ignored; gold comes from the benchmark): {', '.join(mismatched[:20])}"]
+    if cover["duplicate_rows_dropped"]:
+        notes = notes + [f"{cover['duplicate_rows_dropped']} duplicate rows dropped (first row of each id scored): "
+                         f"{', '.join(cover['duplicate_ids'][:20])}"]
+    report = render_report(benchmark=benchmark, predictions=predictions, profile={**profile, "coverage": (
+                               f"{cover['predictions']}/{cover['items_in_split']} items of the split")},
+                           official_correct=n_ok, strict_correct=n_strict, total=len(items),
+                           breakdown={k: breakdown_counts(v) for k, v in groups.items()}, errors=errors, notes=notes)
+    write_all_atomic({
+        out / "items.jsonl": data.jsonl_text(items),
+        out / "summary.json": dumps({**summary, "coverage": cover}, indent=4) + "\n",
+        out / "summary_strict.json": dumps({**strict_summary, "coverage": cover}, indent=4) + "\n",
+        out / "report.md": report,
+    })
     return n_ok, n_strict
 
 
 def run(args) -> int:
+    from pointcopy.files import DirLock, LockedError
+
     try:
         bench = data.load(args.benchmark, args.data, args.split)
-        preds = read_predictions(args.predictions, _ID_KEYS[args.benchmark])
-    except (OSError, ValueError) as exc:
+        if args.out.exists() and not args.out.is_dir():
+            raise ValueError(f"--out {args.out} is a file, not a directory")
+        rows = read_predictions(args.predictions, _ID_KEYS[args.benchmark])
+        if not rows:
+            raise ValueError(f"{args.predictions}: no prediction rows (empty file)")
+        preds, dropped = unique_rows(rows)
+        if dropped and not args.keep_first:
+            ids = ", ".join(f"{k} (x{n + 1})" for k, n in list(dropped.items())[:10])
+            raise ValueError(f"{args.predictions}: {sum(dropped.values())} rows repeat an id already scored: {ids}"
+                             f"{' ...' if len(dropped) > 10 else ''}; refusing (a repeated row would be counted "
+                             f"twice); fix the file or pass --keep-first to score the first row of each id")
+        lock = DirLock(args.out, "pointcopy score").acquire()
+    except (OSError, ValueError, LockedError) as exc:
         print(f"pointcopy score: {exc}", file=sys.stderr)
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _score(args, bench, preds, dropped)
+    finally:
+        lock.release()
+
+
+def _score(args, bench, preds, dropped) -> int:
+    if dropped:
+        print(f"pointcopy score: WARNING: {sum(dropped.values())} duplicate rows dropped (kept the first row of "
+              f"{len(dropped)} ids); recorded in summary.json['coverage']", file=sys.stderr)
     scorer = {"mathvision": score_mathvision, "mathvista": score_mathvista, "mathverse": score_mathverse}
     try:
         with safe_math.Evaluator(args.timeout, args.math_backend) as ev:
@@ -225,14 +304,21 @@ def run(args) -> int:
                    "mathvision": f"MATH-V evaluate.py rules, math backend {args.math_backend}",
                    "mathvista": f"MathVista calculate_score.py rules, integer rule {args.integer_rule}",
                    "mathverse": f"MathVerse two-stage, mode {args.mathverse_mode}"}[args.benchmark]}
-    notes = []
-    if len(preds) != len(bench):
-        notes.append(f"predictions cover {len(preds)} of {len(bench)} items; totals are over the predictions")
-    if timeouts:
-        notes.append(f"{timeouts} math evaluations hit the {args.timeout:g} s limit and counted as not equal")
+    notes = scoring_notes(args, n_rows=len(preds), n_split=len(bench), timeouts=timeouts)
+    cover = coverage(len(preds), len(bench), len(errors), dropped, sum(1 for it in items if it.get("gold_mismatch")))
     n_ok, n_strict = write_outputs(args.out, benchmark=args.benchmark, predictions=str(args.predictions),
                                    items=items, summary=summary, strict_summary=strict_summary, groups=groups,
-                                   errors=errors, profile=profile, notes=notes)
+                                   errors=errors, profile=profile, notes=notes, cover=cover)
     print(f"{args.benchmark}: official-compatible {n_ok}/{len(items)}, strict {n_strict}/{len(items)}, "
-          f"{len(errors)} items not scored -> {args.out}")
+          f"{len(errors)} items not scored, coverage {len(preds)}/{len(bench)} -> {args.out}")
     return 0
+
+
+def scoring_notes(args, *, n_rows: int, n_split: int, timeouts: int) -> list[str]:
+    """Report notes every scored run shares (`pointcopy score` and `pointcopy eval`)."""
+    notes = []
+    if n_rows != n_split:
+        notes.append(f"predictions cover {n_rows} of {n_split} items; totals are over the predictions")
+    if timeouts:
+        notes.append(f"{timeouts} math evaluations hit the {args.timeout:g} s limit and counted as not equal")
+    return notes

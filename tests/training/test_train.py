@@ -133,7 +133,7 @@ def test_train_data_parallel_splits_batch_and_threads(toy, tmp_path):
     assert (rank.batch_size, rank.threads) == (2, 1)
     with pytest.raises(ValueError, match="not divisible"):
         per_rank_options(_options(toy, tmp_path, batch_size=3), 2)
-    summary = train_data_parallel(opts, 2)  # real torchrun processes, gloo
+    summary = train_data_parallel(opts, 2)  # real processes, gloo
     assert summary["global_step"] == 4 and summary["options"]["batch_size"] == 2
     digests = [(tmp_path / f"weights_digest_rank{r}.txt").read_text() for r in (0, 1)]
     assert digests[0] == digests[1]  # gradients were averaged: both ranks hold the same weights
@@ -143,19 +143,57 @@ def test_train_data_parallel_splits_batch_and_threads(toy, tmp_path):
     assert weights_digest(model) == digests[0].strip()
 
 
+def test_data_parallel_listens_on_loopback_only(toy, tmp_path):
+    """The launcher's rendezvous store and gloo's sockets accept connections from this machine only (torchrun's
+    store listened on every interface)."""
+    import threading
+    import time
+
+    import psutil
+
+    from pointcopy.training.parallel import train_data_parallel
+
+    opts = _options(toy, tmp_path, max_steps=3, batch_size=2, threads=2)
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.update(summary=train_data_parallel(opts, 2)))
+    worker.start()
+    me, listening, ranks_seen = psutil.Process(), set(), set()
+    while worker.is_alive():
+        for proc in [me] + me.children(recursive=True):
+            try:
+                conns = proc.net_connections(kind="inet")
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            for c in conns:
+                if c.status == psutil.CONN_LISTEN:
+                    listening.add((proc.pid, c.laddr.ip, c.laddr.port))
+                    if proc.pid != me.pid:
+                        ranks_seen.add(proc.pid)
+        time.sleep(0.05)
+    worker.join()
+    assert result["summary"]["global_step"] == 3
+    assert all(ip in ("127.0.0.1", "::1") for _, ip, _ in listening), listening
+    assert any(pid == me.pid for pid, _, _ in listening)  # the store, in the launching process
+    assert ranks_seen  # gloo's listeners in the ranks were observed too
+
+
 @pytest.mark.parametrize("entry", ["torchrun worker", "pointcopy train"])
 @pytest.mark.parametrize("fails", [False, True])
 def test_entry_points_close_the_process_group_before_exit(toy, tmp_path, monkeypatch, entry, fails):
     """Both distributed entry points (`train_data_parallel`'s worker, `accelerate launch ... pointcopy.cli train`)
     must destroy the gloo group the Trainer opened, also when training raised: left to interpreter shutdown, gloo
     threads can abort a rank that had already finished (SIGABRT, and the launcher fails the run)."""
+    import socket
+
     import torch.distributed as dist
 
     from pointcopy.training import parallel, run
 
     def fake_train(options):  # opens the group as the Trainer does under torchrun
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{parallel._free_port()}", rank=0,
-                                world_size=1)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
         if fails:
             raise RuntimeError("training failed")
         return {"global_step": 1, "train_loss": 0.0, "log_history": []}

@@ -53,7 +53,7 @@ class ShapesRecipe:
     warmup_ratio: float = 0.05
     lr_scheduler: str = "cosine"
     threads: int = 2  # in total: with `processes` > 1 each process gets threads / processes
-    # Data-parallel ranks (torchrun, gloo). 2 x 1 thread ran 1.17x faster than 1 x 2 threads in
+    # Data-parallel ranks (training.parallel, gloo). 2 x 1 thread ran 1.17x faster than 1 x 2 threads in
     # `benchmarks/data_parallel.py` (60-step runs, medians of 3); over a full run the gain was smaller (0.372 s/step
     # over 1,700 steps vs 0.384 for the earlier single-process 1,500-step run).
     processes: int = 2

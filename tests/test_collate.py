@@ -77,3 +77,37 @@ def test_bad_region_names_sample(processor):
         GroundedCollator(processor)([sample])
     with pytest.raises(ValueError, match="label_policy"):
         GroundedCollator(processor, label_policy="all")
+
+
+def _record(rid, image, size=(56, 56)):
+    return V1GRecord(rid, image, [{"from": "human", "value": "<image>\nq"},
+                                  {"from": "gpt", "value": 'detect(query="x", objects=["<obj1>"])'}],
+                     {"<obj1>": [0, 0, 28, 28]}, size)
+
+
+def test_prepare_names_record_and_field_for_images_that_fail_when_decoded(processor, tmp_path):
+    """What passes the header check can still fail when decoded: a typed error naming the record and field
+    (V1GError), not a bare PIL OSError from deep inside the processor."""
+    from pointcopy.collate import EncodedSample, SampleError
+    from pointcopy.data.v1g import V1GError
+
+    Image.new("RGB", (56, 56), (200, 10, 10)).save(tmp_path / "ok.png")
+    noise = Image.frombytes("RGB", (56, 56), bytes(range(256)) * 36 + bytes(192))
+    noise.save(tmp_path / "full.png")
+    data = (tmp_path / "full.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    collator = GroundedCollator(processor)
+    with pytest.raises(V1GError, match=r"record 'cut': field 'image': cannot decode image"):
+        collator.prepare(_record("cut", tmp_path / "cut.png"))
+    with pytest.raises(V1GError, match=r"record 'gone': field 'image': cannot open image"):
+        collator.prepare(_record("gone", tmp_path / "nope.png"))
+    with pytest.raises(V1GError, match=r"record 'size': field 'image_size'"):
+        collator.prepare(_record("size", tmp_path / "ok.png", size=(84, 56)))
+    with pytest.raises(SampleError, match=r"sample 'long': field 'conversations': \d+ tokens exceed max_length=8"):
+        GroundedCollator(processor, max_length=8).prepare(_record("long", tmp_path / "ok.png"))
+    encoded = collator.prepare(_record("ok", tmp_path / "ok.png"))
+    assert isinstance(encoded, EncodedSample)
+    direct = collator([_record("ok", tmp_path / "ok.png")])
+    assert all(torch.equal(direct[k], v) for k, v in collator([encoded]).items())  # prepared == collated directly
+    with pytest.raises(ValueError, match="empty batch"):
+        collator([])

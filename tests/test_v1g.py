@@ -178,7 +178,9 @@ def _errors(row, **kw):
         ({"image_size": [200]}, "image_size", "positive ints"),
         ({"image_size": [200, 0]}, "image_size", "positive ints"),
         ({"num_tokens": -1}, "num_tokens", "non-negative"),
-        ({"regions": json.dumps({"<obj1>": [10, 20, 10, 60], "<obj2>": [0, 0, 5, 5]})}, "regions", "is empty"),
+        ({"regions": json.dumps({"<obj1>": [10, 20, 5, 60], "<obj2>": [0, 0, 5, 5]})}, "regions", "is empty"),
+        # zero width on a cell boundary (the image's left edge): no cell to copy
+        ({"regions": json.dumps({"<obj1>": [0, 20, 0, 60], "<obj2>": [0, 0, 5, 5]})}, "regions", "touches no cell"),
         ({"regions": json.dumps({"<obj1>": [10, 20, 201, 60], "<obj2>": [0, 0, 5, 5]})}, "regions", "outside the 200x120"),
         ({"regions": json.dumps({"<obj1>": [-1, 20, 50, 60], "<obj2>": [0, 0, 5, 5]})}, "regions", "outside"),
         (
@@ -349,3 +351,62 @@ def test_expand_first_occurrence_without_box_text():
     assert expand_regions(text, {"<obj1>": [0, 0, 28, 28]}, (56, 56), keep_key=True).count("<region>[0.00") == 2
     with pytest.raises(ValueError, match="occurrences"):
         expand_regions(text, {"<obj1>": [0, 0, 28, 28]}, (56, 56), occurrences="last")
+
+
+# ---------------------------------------------------------------- leniency: clamped and zero-area boxes
+
+
+def test_boxes_slightly_past_the_edge_are_clamped_and_noted():
+    """Like the official box -> cell rule (which clips), a box within max(2 px, 1% of the side) of the image is
+    clamped, not rejected; the clamp is noted on the record and counted. Further out: rejected, naming the key."""
+    regions = {"<obj1>": [-1, 20, 50, 60], "<obj2>": [100, 0, 201.5, 121]}  # 200x120: tolerance 2 px both ways
+    res = read_v1g([_row("edge", regions=json.dumps(regions))], check_image=True)
+    assert res.bad == []
+    rec = res.records[0]
+    assert rec.regions == {"<obj1>": [0, 20, 50, 60], "<obj2>": [100, 0, 200, 120]}
+    assert res.clamped_boxes == 2 and "'<obj1>' [-1, 20, 50, 60] clamped to [0, 20, 50, 60]" in rec.clamped[0]
+    far = {"<obj1>": [-3, 20, 50, 60], "<obj2>": [100, 0, 200, 120]}
+    res = read_v1g([_row("far", regions=json.dumps(far))])
+    assert [(b.id, b.field) for b in res.bad] == [("far", "regions")]
+    assert "'<obj1>'" in res.bad[0].reason and "clamp tolerance" in res.bad[0].reason
+    # 1% of a 1000-px side is 10 px: the tolerance scales with the image
+    big = {"<obj1>": [-9, 20, 50, 60], "<obj2>": [100, 0, 1000, 120]}
+    assert read_v1g([_row("big", size=(1000, 120), regions=json.dumps(big))]).records[0].regions["<obj1>"][0] == 0
+    # strict reading (clamp_boxes=False) rejects the 1-px overshoot as before
+    strict = read_v1g([_row("edge", regions=json.dumps(regions))], clamp_boxes=False)
+    assert strict.bad and "outside the 200x120 image" in strict.bad[0].reason
+
+
+def test_zero_area_box_gets_the_cells_it_touches():
+    regions = {"<obj1>": [10, 20, 10, 60], "<obj2>": [100, 0, 200, 120]}  # zero width inside column 0
+    rec = read_v1g([_row("thin", regions=json.dumps(regions))], strict=True).records[0]
+    grid = MergedGrid.for_image(rec.image_size)
+    assert geometry.box_to_cells(regions["<obj1>"], rec.image_size) == [0, grid.cols]  # rows 0-1 of column 0
+    g = parse(rec.expanded_trace(max_side=None), num_image_tokens=grid.num_cells)
+    assert g.regions[0].copy_ids == (0, grid.cols)
+    # one that clamps onto the image edge touches nothing: rejected with a reason
+    res = read_v1g([_row("off", regions=json.dumps({"<obj1>": [201, 20, 202, 60], "<obj2>": [0, 0, 5, 5]}))])
+    assert res.bad[0].field == "regions" and "touches no cell" in res.bad[0].reason
+
+
+def test_image_check_is_header_only_and_names_the_problem(tmp_path):
+    """check_image catches a missing file, a non-image and a size mismatch from the header; a PNG truncated after
+    its header passes here (it fails when decoded: see test_collate) and the check leaves no file open."""
+    import warnings
+
+    good = tmp_path / "good.png"
+    _png().save(good)
+    (tmp_path / "text.png").write_text("not an image at all")
+    data = good.read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    rows = [_row("missing", img=str(tmp_path / "nope.png")), _row("text", img=str(tmp_path / "text.png")),
+            _row("size", img=str(good), image_size=[210, 120]), _row("cut", img=str(tmp_path / "cut.png")),
+            _row("ok", img=str(good))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)  # an unclosed file would show up here
+        res = read_v1g(rows, check_image=True)
+    assert [r.id for r in res.records] == ["cut", "ok"]
+    reasons = {b.id: (b.field, b.reason) for b in res.bad}
+    assert reasons["missing"][0] == "image" and "No such file" in reasons["missing"][1]
+    assert reasons["text"][0] == "image" and "cannot identify image" in reasons["text"][1]
+    assert reasons["size"] == ("image", "image is 200x120 but image_size says 210x120")

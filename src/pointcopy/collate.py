@@ -10,6 +10,12 @@
       -> right padding; mm_token_type_ids
 
 Box text is normalised by each sample's own image size (the official collator used the batch's last image).
+
+Per-sample work (decode, resize, expand, tokenise) is :meth:`GroundedCollator.prepare`, which raises
+:class:`SampleError` (a ``V1GError``: record id, field, reason) for a sample that cannot be used: an image that is
+missing, truncated or not an image, a size that disagrees with ``image_size``, a region key missing from the
+trace, too many tokens. Training runs ``prepare`` in the dataset (``V1GDataset(prepare=...)``), which skips such a
+sample and logs it; the collator then only pads the :class:`EncodedSample` items it is given.
 """
 
 from __future__ import annotations
@@ -21,13 +27,32 @@ import torch
 from PIL import Image
 
 from . import geometry
-from .data.v1g import V1GRecord, expand_regions, training_view
+from .data.v1g import V1GError, V1GRecord, expand_regions, training_view
 from .geometry import MergedGrid
 from .processing import IMAGE_PAD, PointCopyProcessor
 from .tokens import encode_with_pointers
 
 IGNORE_INDEX = -100
 LABEL_POLICIES = ("assistant", "official")
+
+
+class SampleError(V1GError):
+    """A sample the collator cannot encode: ``record_id``, ``field``, ``reason`` (as :class:`V1GError`)."""
+
+    def __init__(self, record_id: Any, field: str, reason: str):
+        self.record_id, self.field, self.reason, self.index = record_id, field, reason, None
+        ValueError.__init__(self, f"sample {record_id!r}: field {field!r}: {reason}")
+
+
+@dataclass
+class EncodedSample:
+    """One sample ready for padding: token ids, labels and its images' pixel values (see ``GroundedCollator.encode``)."""
+
+    id: Any
+    ids: list[int]
+    labels: list[int]
+    pixel_values: torch.Tensor | None
+    image_grid_thw: torch.Tensor | None
 
 
 @dataclass
@@ -42,10 +67,19 @@ class GroundedSample:
 
     @classmethod
     def from_record(cls, record: V1GRecord, max_side: int | None = geometry.OFFICIAL_MAX_SIDE) -> "GroundedSample":
-        image = record.open_image().convert("RGB")
+        """Decode the record's image (raises :class:`V1GError` naming the record and field if it is missing,
+        unreadable, truncated or not of size ``image_size``), resized as the official trainer does."""
+        opened = record.open_image()
+        try:
+            image = opened.convert("RGB")  # decodes every pixel: a file cut after its header fails here
+        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, zlib.error, ... for damaged data
+            raise V1GError(record.id, "image", f"cannot decode image: {type(e).__name__}: {e}") from e
+        finally:
+            if opened is not record.image:  # a file opened here: close it (never a caller's PIL image)
+                opened.close()
         if tuple(image.size) != tuple(record.image_size):
-            raise ValueError(f"record {record.id!r}: field 'image_size' {list(record.image_size)} differs from the "
-                             f"image's size {list(image.size)}")
+            raise V1GError(record.id, "image_size", f"{list(record.image_size)} differs from the image's size "
+                                                    f"{list(image.size)}")
         size, regions = training_view(record, max_side=max_side)
         if tuple(size) != tuple(image.size):
             image = image.resize(size, Image.BICUBIC)
@@ -75,10 +109,18 @@ class GroundedCollator:
         self.non_trainable = {tok.pad_token_id, processor.image_token_id,
                               tok.convert_tokens_to_ids("<|vision_start|>"), tok.convert_tokens_to_ids("<|vision_end|>")}
 
-    def __call__(self, samples: Sequence[V1GRecord | GroundedSample]) -> dict[str, torch.Tensor]:
-        samples = [s if isinstance(s, GroundedSample) else GroundedSample.from_record(s, self.max_side)
-                   for s in samples]
-        encoded = [self.encode(s) for s in samples]
+    def prepare(self, sample: V1GRecord | GroundedSample) -> EncodedSample:
+        """Everything per sample: decode and resize the image, expand regions, tokenise. Raises
+        :class:`V1GError` (a :class:`SampleError` for encoding problems) naming the sample and field."""
+        if not isinstance(sample, GroundedSample):
+            sample = GroundedSample.from_record(sample, self.max_side)
+        return EncodedSample(sample.id, *self.encode(sample))
+
+    def __call__(self, samples: Sequence[V1GRecord | GroundedSample | EncodedSample]) -> dict[str, torch.Tensor]:
+        if not samples:
+            raise ValueError("empty batch: no sample to collate")
+        encoded = [s if isinstance(s, EncodedSample) else self.prepare(s) for s in samples]
+        encoded = [(e.ids, e.labels, e.pixel_values, e.image_grid_thw) for e in encoded]
         ids, labels = [e[0] for e in encoded], [e[1] for e in encoded]
         batch = self.processor.pad(ids, padding_side="right")
         width = batch["input_ids"].shape[1]
@@ -93,12 +135,14 @@ class GroundedCollator:
         """-> (ids, labels, pixel_values | None, image_grid_thw | None) for one sample."""
         proc = self.processor
         if len(sample.regions) not in (0, len(sample.images)):
-            raise ValueError(f"sample {sample.id!r}: field 'regions' has {len(sample.regions)} entries for "
-                             f"{len(sample.images)} images")
+            raise SampleError(sample.id, "regions", f"{len(sample.regions)} entries for {len(sample.images)} images")
         pixel_values = grid_thw = None
         trace, tokens_per_image = sample.trace, []
         if sample.images:
-            vision = proc.image_processor(images=sample.images, return_tensors="pt")
+            try:
+                vision = proc.image_processor(images=sample.images, return_tensors="pt")
+            except ValueError as err:  # e.g. an extreme aspect ratio in smart_resize
+                raise SampleError(sample.id, "image", f"image processor: {err}") from err
             pixel_values, grid_thw = vision["pixel_values"], vision["image_grid_thw"]
             offset = 0
             for i, (image, thw) in enumerate(zip(sample.images, grid_thw.tolist())):
@@ -109,7 +153,7 @@ class GroundedCollator:
                                                keep_key=self.keep_key, occurrences=self.region_occurrences,
                                                box_text=self.box_text)
                     except ValueError as err:
-                        raise ValueError(f"sample {sample.id!r}: field 'regions' (image {i}): {err}") from err
+                        raise SampleError(sample.id, "regions", f"image {i}: {err}") from err
                 tokens_per_image.append(grid.num_cells)
                 offset += grid.num_cells
         content = [{"type": "image"}] * len(sample.images) + [{"type": "text", "text": sample.question}]
@@ -128,5 +172,5 @@ class GroundedCollator:
         else:
             labels = [IGNORE_INDEX if i in self.non_trainable else i for i in ids]
         if self.max_length is not None and len(ids) > self.max_length:
-            raise ValueError(f"sample {sample.id!r}: {len(ids)} tokens exceed max_length={self.max_length}")
+            raise SampleError(sample.id, "conversations", f"{len(ids)} tokens exceed max_length={self.max_length}")
         return ids, labels, pixel_values, grid_thw

@@ -15,8 +15,14 @@ What validation checks (each error names the record id and the field):
 * ``id``, ``image``, ``conversations``, ``regions``, ``image_size`` present and not null; ``num_tokens`` optional,
   a non-negative int if present.
 * two turns, roles human then gpt, string values, human value starting with ``"<image>\\n"``, non-empty trace.
-* ``image_size`` two positive ints; ``regions`` a JSON object of 4 finite numbers per key, each box non-empty
-  (``x1 < x2`` and ``y1 < y2``) and inside the image (``0 <= x1``, ``x2 <= w``, same for y).
+* ``image_size`` two positive ints; ``regions`` a JSON object of 4 finite numbers per key, each box not inverted
+  (``x1 <= x2`` and ``y1 <= y2``) and inside the image (``0 <= x1``, ``x2 <= w``, same for y). A zero-area box
+  (``x1 == x2`` or ``y1 == y2``) is valid if it touches a cell (it gets the cells it touches, as in the official
+  box -> cell rule); one lying on a cell boundary touches none and is rejected.
+* **clamping** (:func:`clamp_regions`, on by default when reading): like the official box -> cell rule, which
+  clips boxes to the image, a box at most ``max(2 px, 1% of the side)`` past an edge (small negative
+  coordinates, one pixel past the right edge) is clamped to the image and the record kept; the clamp is noted
+  on the record (``V1GRecord.clamped``). A box further out is rejected, naming the record, field and key.
 * every region key occurs in the assistant text (the official processor asserts this).
 * **object mentions**: every ``<objN>`` tag in the assistant text must be covered by a region, i.e. some region
   key contains the substring ``<objN>`` (``"<obj1>"`` does not match inside ``"<obj10>"``). Tags in prose and in
@@ -24,7 +30,9 @@ What validation checks (each error names the record id and the field):
   built from the ``<objN>`` tags.
 * ``check_trace``: after the official expansion the trace parses strictly (balanced quotes/brackets, boxes,
   unique object ids, copy ids within the image's token count).
-* ``check_image``: the image opens and its size equals ``image_size``.
+* ``check_image``: the image exists, its header reads as a known format, and its size equals ``image_size``
+  (header only: PIL decodes no pixels, so this is cheap; a file truncated after its header passes and fails
+  later, when it is decoded).
 """
 
 from __future__ import annotations
@@ -52,6 +60,8 @@ __all__ = [
     "record_from_row",
     "validation_errors",
     "validate_record",
+    "clamp_regions",
+    "image_header_size",
     "iter_v1g",
     "read_v1g",
     "write_v1g",
@@ -61,6 +71,8 @@ __all__ = [
 
 IMAGE_PREFIX = "<image>\n"
 REQUIRED_FIELDS = ("id", "image", "conversations", "regions", "image_size")
+CLAMP_PX = 2.0  # a box may overshoot an edge by max(CLAMP_PX, CLAMP_FRACTION * side) and is clamped, not rejected
+CLAMP_FRACTION = 0.01
 _OBJ_TAG = re.compile(r"<obj\d+>")
 
 
@@ -83,6 +95,8 @@ class V1GRecord:
     regions: dict[str, list[float]]
     image_size: tuple[int, int]
     num_tokens: int | None = None
+    # boxes clamped to the image when read (one note per box; see clamp_regions); not part of the released layout
+    clamped: list[str] = field(default_factory=list, compare=False, repr=False)
 
     @property
     def question(self) -> str:
@@ -154,6 +168,11 @@ class ReadResult:
 
     records: list[V1GRecord] = field(default_factory=list)
     bad: list[BadRecord] = field(default_factory=list)
+
+    @property
+    def clamped_boxes(self) -> int:
+        """Boxes clamped to their image while reading (see :func:`clamp_regions`)."""
+        return sum(len(r.clamped) for r in self.records)
 
 
 # ---------------------------------------------------------------- row -> record
@@ -262,10 +281,13 @@ def validation_errors(
 
     w, h = rec.image_size
     for key, (x1, y1, x2, y2) in rec.regions.items():
-        if not (x1 < x2 and y1 < y2):
-            err("regions", f"box of {key!r} is empty: {[x1, y1, x2, y2]}")
+        if x1 > x2 or y1 > y2:
+            err("regions", f"box of {key!r} is empty (inverted): {[x1, y1, x2, y2]}")
         elif x1 < 0 or y1 < 0 or x2 > w or y2 > h:
             err("regions", f"box of {key!r} {[x1, y1, x2, y2]} lies outside the {w}x{h} image")
+        elif (x1 == x2 or y1 == y2) and not _zero_area_cells(rec.image_size, [x1, y1, x2, y2]):
+            err("regions", f"box of {key!r} {[x1, y1, x2, y2]} has zero area and lies on a cell boundary, "
+                           f"so it touches no cell")
         if key not in trace:
             err("regions", f"region key {key!r} never occurs in the assistant text")
 
@@ -288,12 +310,60 @@ def validation_errors(
 
     if check_image:
         try:
-            img = rec.open_image()
-            if tuple(img.size) != tuple(rec.image_size):
-                err("image", f"image is {img.size[0]}x{img.size[1]} but image_size says {w}x{h}")
+            size = image_header_size(rec)
+            if tuple(size) != tuple(rec.image_size):
+                err("image", f"image is {size[0]}x{size[1]} but image_size says {w}x{h}")
         except V1GError as e:
             errs.append(e)
     return errs
+
+
+def _zero_area_cells(image_size: tuple[int, int], box: Sequence[float]) -> list[int]:
+    try:
+        return geometry.box_to_cells(box, image_size)
+    except ValueError:  # no grid for this size (aspect ratio); check_trace reports it
+        return [0]
+
+
+def image_header_size(rec: V1GRecord) -> tuple[int, int]:
+    """``(width, height)`` of the record's image from its header alone (no pixels decoded; a file opened here is
+    closed again). Raises :class:`V1GError` (field ``image``) if the file is missing or not a readable image."""
+    img = rec.open_image()
+    try:
+        return tuple(img.size)
+    finally:
+        if img is not rec.image:  # opened here (path or bytes): close the file; never close a caller's image
+            img.close()
+
+
+def clamp_regions(
+    rec: V1GRecord, *, tolerance_px: float = CLAMP_PX, tolerance_fraction: float = CLAMP_FRACTION
+) -> tuple[list[str], list[V1GError]]:
+    """Clamp, in place, boxes that overshoot the image by at most ``max(tolerance_px, tolerance_fraction * side)``.
+
+    The official box -> cell rule clips every box to the image, so a box a pixel past the edge or with small
+    negative coordinates (rounding in annotation tools) trains fine upstream; it is clamped here too, so its box
+    text and its cells agree. Returns ``(notes, errors)``: a note per clamped box (also appended to
+    ``rec.clamped``), and an error (field ``regions``) per box further out than the tolerance, left unchanged.
+    """
+    w, h = rec.image_size
+    tol_x, tol_y = max(tolerance_px, tolerance_fraction * w), max(tolerance_px, tolerance_fraction * h)
+    notes: list[str] = []
+    errors: list[V1GError] = []
+    for key, box in rec.regions.items():
+        x1, y1, x2, y2 = box
+        if x1 >= 0 and y1 >= 0 and x2 <= w and y2 <= h:
+            continue
+        if max(-x1, x2 - w) > tol_x or max(-y1, y2 - h) > tol_y:
+            errors.append(V1GError(rec.id, "regions", f"box of {key!r} {list(box)} lies outside the {w}x{h} image "
+                                   f"by more than the clamp tolerance ({tolerance_px:g} px or "
+                                   f"{tolerance_fraction:.0%} of the side)"))
+            continue
+        clamped = [min(max(x1, 0), w), min(max(y1, 0), h), min(max(x2, 0), w), min(max(y2, 0), h)]
+        rec.regions[key] = clamped
+        notes.append(f"box of {key!r} {list(box)} clamped to {clamped} (image {w}x{h})")
+    rec.clamped.extend(notes)
+    return notes, errors
 
 
 def validate_record(rec: V1GRecord, **kwargs: Any) -> V1GRecord:
@@ -356,11 +426,14 @@ def iter_v1g(
     check_image: bool = False,
     check_trace: bool = True,
     require_object_regions: bool = True,
+    clamp_boxes: bool = True,
 ) -> Iterator[V1GRecord | BadRecord]:
     """Stream records from ``source``; a bad row yields a :class:`BadRecord` instead of stopping the stream.
 
     ``source``: path to ``.jsonl`` / ``.json`` / ``.parquet`` (or a directory of parquet shards), a
-    ``datasets.Dataset``, or any iterable of row mappings.
+    ``datasets.Dataset``, or any iterable of row mappings. Exactly one item per row, in row order.
+    ``clamp_boxes``: clamp boxes slightly past the image edge (:func:`clamp_regions`; noted in
+    ``record.clamped``) instead of rejecting them; boxes further out are bad rows either way.
     """
     for index, (row, base_dir) in enumerate(_rows(source)):
         if isinstance(row, Mapping) and "__error__" in row:
@@ -368,6 +441,10 @@ def iter_v1g(
             continue
         try:
             rec = record_from_row(row, base_dir=base_dir, index=index)
+            if clamp_boxes:
+                _, far = clamp_regions(rec)
+                if far:
+                    raise far[0]
             if validate:
                 validate_record(
                     rec, check_image=check_image, check_trace=check_trace, require_object_regions=require_object_regions

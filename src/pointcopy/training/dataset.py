@@ -1,34 +1,94 @@
-"""Grounded training data: v1g records read once (bad ones recorded, not fatal), served to the collator."""
+"""Grounded training data: v1g records read once (bad ones recorded, not fatal), served to the collator.
+
+Bad data never stops training. Everything wrong with it goes to one log, ``bad_log`` (``bad_records.jsonl`` in
+the run's output directory), one JSON object a line with ``source``, ``index`` (row in that source), ``id``,
+``field``, ``reason``, ``stage`` and ``action``:
+
+* ``stage="load"``, ``action="skipped"``: the record failed validation when the data set was read (including,
+  with ``check_image=True``, the cheap header check: the file exists, reads as an image, has ``image_size``).
+* ``stage="load"``, ``action="clamped"``: the record is used, but a box slightly past its image was clamped
+  (``data.v1g.clamp_regions``); ``clamped_boxes`` counts them and a single warning reports the count.
+* ``stage="train"``, ``action="skipped"``: the record passed the reader but could not be prepared when training
+  reached it (a file truncated after its header, deleted mid-run, a size that disagrees, too many tokens...).
+
+**Skipping during training** (``prepare`` given): ``dataset[i]`` runs ``prepare`` (the collator's per-sample
+work) on record ``i``. If that fails, the failure is logged and record ``i+1`` (then ``i+2``, ..., wrapping
+around) is served in its place. The choice, rather than dropping the sample from its batch: the batch keeps its
+size (so no batch is ever empty, the loss average and the data-parallel ranks' shapes are as planned), the
+sampler's order and the Trainer's resume bookkeeping are untouched, and the substitute is a function of the
+index and the files alone, so a run is deterministic and a resumed run takes the same substitute again instead
+of dying at the same record. Only if no record at all can be prepared does ``dataset[i]`` raise.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
+from typing import Any, Callable
 
 from torch.utils.data import Dataset
 
-from ..data.v1g import read_v1g
+from ..data.v1g import BadRecord, V1GError, iter_v1g
+
+logger = logging.getLogger(__name__)
 
 
 class V1GDataset(Dataset):
-    """Records from one or more v1g sources (JSONL/JSON/parquet). Items are `V1GRecord`s; images are loaded by
-    the collator, so memory stays flat for large data."""
+    """Records from one or more v1g sources (JSONL/JSON/parquet). Items are `V1GRecord`s, or with `prepare` the
+    prepared samples (`prepare(record)`, e.g. `GroundedCollator.prepare`); images are loaded per item, so memory
+    stays flat for large data.
 
-    def __init__(self, sources: list[str | Path], bad_log: str | Path | None = None, **validation):
-        self.records = []
-        bad = []
+    Args:
+        sources: v1g files / directories / iterables.
+        bad_log: JSONL file for bad and clamped records (see the module docstring); None: kept in memory only.
+        prepare: per-item work that may fail on bad data (see the module docstring); None: serve records.
+        write_log: write the load-time entries to ``bad_log`` (False on data-parallel ranks other than 0, which
+            only append what they skip while training).
+        keep_train_log: keep the ``stage="train"`` entries an earlier session of this run wrote to ``bad_log``
+            (when resuming), so nothing already logged is lost and nothing is logged twice.
+        **validation: passed to ``data.v1g.iter_v1g`` (``check_image``, ``require_object_regions``, ...).
+    """
+
+    def __init__(self, sources: list[str | Path], bad_log: str | Path | None = None,
+                 prepare: Callable[[Any], Any] | None = None, *, write_log: bool = True,
+                 keep_train_log: bool = False, **validation):
+        self.records, self.origins = [], []
+        bad, clamped = [], []
         for source in sources:
-            result = read_v1g(source, **validation)
-            self.records += result.records
-            bad += [{"source": str(source), **vars(b)} for b in result.bad]
-        self.bad = bad
-        if bad_log is not None and bad:
-            Path(bad_log).parent.mkdir(parents=True, exist_ok=True)
-            with open(bad_log, "w") as fh:
-                for b in bad:
-                    fh.write(json.dumps(b, default=str) + "\n")
+            for index, item in enumerate(iter_v1g(source, **validation)):
+                if isinstance(item, BadRecord):
+                    bad.append({"source": str(source), **vars(item), "stage": "load", "action": "skipped"})
+                    continue
+                self.records.append(item)
+                self.origins.append((str(source), index))
+                clamped += [{"source": str(source), "index": index, "id": item.id, "field": "regions",
+                             "reason": note, "stage": "load", "action": "clamped"} for note in item.clamped]
+        self.bad, self.clamped = bad, clamped
+        self.prepare = prepare
+        self.bad_log = Path(bad_log) if bad_log is not None else None
+        self.train_bad: list[dict] = []  # stage="train" entries (an earlier session's too, when kept)
+        self._failed: set[int] = set()
+        if self.bad_log is not None:
+            if keep_train_log and self.bad_log.is_file():
+                self.train_bad = [e for e in _read_jsonl(self.bad_log) if e.get("stage") == "train"]
+            if write_log:
+                _write_jsonl(self.bad_log, bad + clamped + self.train_bad)
+        self._logged = {(e.get("source"), e.get("index")) for e in self.train_bad}
+        if clamped:
+            logger.warning("clamped %d box(es) in %d record(s) that lay slightly past their image (within the "
+                           "clamp tolerance)%s", len(clamped), len({(c["source"], c["index"]) for c in clamped}),
+                           f"; listed in {self.bad_log}" if self.bad_log else "")
+        if bad:
+            logger.warning("skipped %d bad record(s) when loading%s", len(bad),
+                           f"; listed in {self.bad_log}" if self.bad_log else "")
         if not self.records:
             raise ValueError(f"no valid records in {[str(s) for s in sources]} ({len(bad)} bad)")
+
+    @property
+    def clamped_boxes(self) -> int:
+        return len(self.clamped)
 
     @property
     def lengths(self) -> list[int]:
@@ -41,4 +101,62 @@ class V1GDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int):
-        return self.records[index]
+        if self.prepare is None:
+            return self.records[index]
+        n = len(self.records)
+        for step in range(n):
+            j = (index + step) % n
+            if j in self._failed:
+                continue
+            try:
+                item = self.prepare(self.records[j])
+            except (V1GError, OSError) as e:
+                self._skip(j, e)
+                continue
+            if step:
+                logger.warning("record #%d (id %r) is unusable; serving record #%d (id %r) in its place",
+                               index, self.records[index].id, j, self.records[j].id)
+            return item
+        raise RuntimeError(f"no usable record left: all {n} records failed when prepared"
+                           + (f" (see {self.bad_log})" if self.bad_log else ""))
+
+    def _skip(self, j: int, error: Exception) -> None:
+        self._failed.add(j)
+        source, row = self.origins[j]
+        field = getattr(error, "field", "image")
+        reason = getattr(error, "reason", None) or f"{type(error).__name__}: {error}"
+        logger.warning("skipping record %r (%s row %d): field %r: %s", self.records[j].id, source, row, field, reason)
+        if (source, row) in self._logged:
+            return
+        self._logged.add((source, row))
+        entry = {"source": source, "index": row, "id": self.records[j].id, "field": field, "reason": reason,
+                 "stage": "train", "action": "skipped"}
+        self.train_bad.append(entry)
+        if self.bad_log is not None:
+            self.bad_log.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.bad_log, "a", encoding="utf-8") as fh:  # one line per write: ranks may append too
+                fh.write(json.dumps(entry, default=str) + "\n")
+                fh.flush()
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill
+            continue
+        if isinstance(entry, dict):
+            out.append(entry)
+    return out
+
+
+def _write_jsonl(path: Path, entries: list[dict]) -> None:
+    """Replace `path` atomically (a reader, or a rank appending, never sees half a file); remove it if empty."""
+    if not entries:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text("".join(json.dumps(e, default=str) + "\n" for e in entries), encoding="utf-8")
+    os.replace(tmp, path)

@@ -4,6 +4,10 @@ Works on one CPU/GPU, with LoRA (peft; pointer heads fully trainable and saved),
 `accelerate launch` (the Trainer picks up the distributed environment; `ddp_backend="gloo"` on CPU).
 Resumes from the newest *complete* checkpoint in `output_dir` (one whose trainer_state.json, written last,
 exists), so a run killed mid-save resumes from the previous checkpoint instead of a half-written one.
+
+Bad data does not stop training: see `training/dataset.py` (bad records are logged to
+`output_dir/bad_records.jsonl`, images are header-checked when loading with `check_images`, and a record that
+fails later is skipped and logged, its place taken deterministically by the next usable record).
 """
 
 from __future__ import annotations
@@ -66,6 +70,9 @@ class TrainOptions:
     # False saves an autograd-graph traversal per step but fails if a trainable parameter goes unused in a step.
     ddp_find_unused_parameters: bool | None = None
     require_object_regions: bool = True  # v1g validation: every <objN> needs a region (off for text-only controls)
+    # check each record's image when loading (header only: exists, readable format, size == image_size); bad ones
+    # are skipped and listed in output_dir/bad_records.jsonl. Images failing later are skipped and logged anyway.
+    check_images: bool = True
     threads: int | None = 1
     resume: bool = True
     weights_digest: bool = False
@@ -140,9 +147,13 @@ def train(options: TrainOptions) -> dict:
                                 region_key_mode=options.region_key_mode, max_side=options.max_side,
                                 region_occurrences=options.region_occurrences, box_text=options.box_text,
                                 max_length=options.max_length)
-    validation = {"require_object_regions": options.require_object_regions}
-    train_set = V1GDataset(options.train_data, bad_log=out / "bad_records.jsonl", **validation)
-    eval_set = V1GDataset(options.eval_data, **validation) if options.eval_data else None
+    resume_from = last_complete_checkpoint(out) if options.resume else None
+    rank_zero = int(os.environ.get("RANK", "0")) == 0
+    validation = {"require_object_regions": options.require_object_regions, "check_image": options.check_images}
+    train_set = V1GDataset(options.train_data, bad_log=out / "bad_records.jsonl", prepare=collator.prepare,
+                           write_log=rank_zero, keep_train_log=resume_from is not None, **validation)
+    eval_set = (V1GDataset(options.eval_data, prepare=collator.prepare, **validation) if options.eval_data
+                else None)
     use_bf16 = options.bf16 == "yes" or (options.bf16 == "auto" and torch.cuda.is_available()
                                          and torch.cuda.is_bf16_supported())
     args = TrainingArguments(
@@ -170,7 +181,6 @@ def train(options: TrainOptions) -> dict:
     crash_after = int(os.environ.get("POINTCOPY_CRASH_AFTER_STEP", "0"))
     if crash_after:  # fault injection for resume tests: die like `kill -9` right after a checkpoint is written
         trainer.add_callback(_CrashAfterSave(crash_after))
-    resume_from = last_complete_checkpoint(out) if options.resume else None
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - t0
@@ -180,7 +190,8 @@ def train(options: TrainOptions) -> dict:
         (out / f"weights_digest_rank{rank}.txt").write_text(weights_digest(final) + "\n")
     summary = {"global_step": trainer.state.global_step, "train_loss": result.training_loss,
                "train_seconds_this_session": round(seconds, 2), "resumed_from": resume_from,
-               "bad_records": len(train_set.bad), "log_history": trainer.state.log_history,
+               "bad_records": len(train_set.bad), "bad_records_in_training": len(train_set.train_bad),
+               "clamped_boxes": train_set.clamped_boxes, "log_history": trainer.state.log_history,
                "options": asdict(options)}
     if trainer.is_world_process_zero():
         final_dir = out / "final"

@@ -3,7 +3,15 @@
 Works on one CPU/GPU, with LoRA (peft; pointer heads fully trainable and saved), and data-parallel under
 `accelerate launch` (the Trainer picks up the distributed environment; `ddp_backend="gloo"` on CPU).
 Resumes from the newest *complete* checkpoint in `output_dir` (one whose trainer_state.json, written last,
-exists), so a run killed mid-save resumes from the previous checkpoint instead of a half-written one.
+exists), so a run killed mid-save resumes from the previous checkpoint instead of a half-written one. A checkpoint
+whose files are damaged (a JSON file that does not parse, a safetensors file whose header is broken or whose data
+is cut short, a torch file that is not a complete archive) is named in a warning and passed over for the previous
+complete one (`checkpoint_problem`, `find_resume_checkpoint`).
+
+Resume guard: a run writes the options that decide its result, and a fingerprint of its training data, to
+`output_dir/run_options.json` when it starts. Resuming with any of them changed (other data, learning rate, seed,
+batch size, ...) raises `ResumeMismatchError` naming each change (`name: old -> new`), unless
+`allow_resume_mismatch` is set (then it warns, and the file takes the new values).
 
 Bad data does not stop training: see `training/dataset.py` (bad records are logged to
 `output_dir/bad_records.jsonl`, images are header-checked when loading with `check_images`, and a record that
@@ -14,14 +22,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import struct
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..collate import GroundedCollator
+
+logger = logging.getLogger(__name__)
+RUN_OPTIONS_FILE = "run_options.json"
 
 
 @dataclass
@@ -73,6 +88,9 @@ class TrainOptions:
     # check each record's image when loading (header only: exists, readable format, size == image_size); bad ones
     # are skipped and listed in output_dir/bad_records.jsonl. Images failing later are skipped and logged anyway.
     check_images: bool = True
+    # resume even if the options that decide the run (data, learning rate, seed, batch size, ...) differ from the
+    # ones saved in output_dir/run_options.json when the run started (default: refuse, naming each change)
+    allow_resume_mismatch: bool = False
     threads: int | None = 1
     resume: bool = True
     weights_digest: bool = False
@@ -94,10 +112,162 @@ def load_model_and_processor(spec: str, seed: int = 0, **overrides):
     return model, PointCopyProcessor.from_pretrained(spec, copy_token_start=model.config.copy_token_start)
 
 
+def _checkpoint_step(path: Path) -> int | None:
+    tail = path.name[len("checkpoint-"):]
+    return int(tail) if tail.isdigit() else None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why a safetensors file cannot be loaded, from its header and size alone (None if it can)."""
+    size = path.stat().st_size
+    if size < 8:
+        return f"{size} bytes, shorter than the 8-byte header length"
+    with path.open("rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        if n > size - 8:
+            return f"header of {n} bytes but the file has only {size} bytes (truncated?)"
+        try:
+            header = json.loads(fh.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            return f"header is not valid JSON ({e})"
+    if not isinstance(header, dict):
+        return "header is not a JSON object"
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            begin, stop = info["data_offsets"]
+        except (TypeError, KeyError, ValueError):
+            return f"tensor {name!r} has no valid data_offsets"
+        end = max(end, int(stop))
+    if 8 + n + end != size:
+        return f"tensors need {8 + n + end} bytes but the file has {size} (truncated or padded)"
+    return None
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why a checkpoint directory cannot be resumed from, in one line (None if it looks complete).
+
+    Cheap checks, no tensor is read: trainer_state.json exists (it is written last); every ``*.json`` parses;
+    every ``*.safetensors`` has an intact header and exactly the bytes it declares; the shards a
+    ``*.safetensors.index.json`` names exist; every torch file (``*.pt``, ``*.pth``, ``*.bin``) is a complete zip
+    archive; some weights file exists.
+    """
+    path = Path(path)
+    if not (path / "trainer_state.json").is_file():
+        return "no trainer_state.json (the save did not finish)"
+    weights = False
+    for f in sorted(path.iterdir()):
+        if not f.is_file():
+            continue
+        try:
+            if f.suffix == ".json":
+                data = json.loads(f.read_text(encoding="utf-8"))
+                if f.name.endswith(".safetensors.index.json"):
+                    missing = sorted({v for v in data.get("weight_map", {}).values() if not (path / v).is_file()})
+                    if missing:
+                        return f"{f.name} names missing shard(s) {', '.join(missing)}"
+            elif f.suffix == ".safetensors":
+                weights = True
+                problem = _safetensors_problem(f)
+                if problem:
+                    return f"{f.name}: {problem}"
+            elif f.suffix in (".pt", ".pth", ".bin"):
+                weights = weights or f.name in ("pytorch_model.bin", "adapter_model.bin")
+                with zipfile.ZipFile(f) as archive:  # torch.save's format; a cut file has no central directory
+                    archive.infolist()
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            return f"{f.name} is not valid JSON ({e})"
+        except (zipfile.BadZipFile, OSError, ValueError, AttributeError) as e:
+            return f"{f.name} is unreadable ({type(e).__name__}: {e})"
+    if not weights:
+        return "no weights file (*.safetensors)"
+    return None
+
+
+def find_resume_checkpoint(output_dir: str | Path) -> tuple[str | None, list[tuple[str, str]]]:
+    """The newest checkpoint in ``output_dir`` without a :func:`checkpoint_problem`, and the newer ones passed
+    over as ``[(path, reason), ...]`` (each also logged as a warning)."""
+    ckpts = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and _checkpoint_step(p) is not None]
+    ckpts.sort(key=_checkpoint_step, reverse=True)
+    skipped = []
+    for p in ckpts:
+        problem = checkpoint_problem(p)
+        if problem is None:
+            return str(p), skipped
+        if (p / "trainer_state.json").is_file():  # a save cut before trainer_state.json is routine: no warning
+            logger.warning("not resuming from %s: %s; trying the previous checkpoint", p, problem)
+        skipped.append((str(p), problem))
+    return None, skipped
+
+
 def last_complete_checkpoint(output_dir: str | Path) -> str | None:
-    ckpts = [p for p in Path(output_dir).glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
-    ckpts.sort(key=lambda p: int(p.name.split("-")[-1]))
-    return str(ckpts[-1]) if ckpts else None
+    """The newest checkpoint that can be resumed from (see :func:`find_resume_checkpoint`), or None."""
+    return find_resume_checkpoint(output_dir)[0]
+
+
+# ---------------------------------------------------------------- resume guard
+
+# Options that decide what a run computes (changing one mid-run makes the resumed run a different run). Left out:
+# where and how often things are written, progress, threads, and switches with the same math (length_chunks,
+# gradient_checkpointing, ddp_find_unused_parameters).
+RUN_DEFINING = ("model", "max_steps", "num_train_epochs", "batch_size", "grad_accum", "learning_rate",
+                "vision_lr_scale", "freeze_vision", "freeze", "warmup_ratio", "lr_scheduler", "weight_decay",
+                "adam_beta2", "max_grad_norm", "seed", "lora", "lora_r", "lora_alpha", "lora_dropout", "bf16",
+                "label_policy", "region_key_mode", "region_occurrences", "box_text", "max_side", "max_length",
+                "group_by_length", "balance_ranks", "require_object_regions", "check_images", "model_overrides")
+
+
+class ResumeMismatchError(ValueError):
+    """Resuming a run whose defining options or data changed; ``changes`` is ``[(name, old, new), ...]``."""
+
+    def __init__(self, message: str, changes: list[tuple[str, Any, Any]]):
+        super().__init__(message)
+        self.changes = changes
+
+
+def data_fingerprint(dataset) -> str:
+    """sha256 (16 hex digits) over the records a data set serves, in order: id, turns, regions, image size."""
+    h = hashlib.sha256()
+    for r in dataset.records:
+        h.update(json.dumps([r.id, r.conversations, r.regions, list(r.image_size)], sort_keys=True,
+                            default=str).encode())
+        h.update(b"\n")
+    return h.hexdigest()[:16]
+
+
+def run_identity(options: TrainOptions, dataset, world_size: int) -> dict:
+    """What `run_options.json` holds: the run-defining options, the data and the number of processes."""
+    values = asdict(options)
+    ident = {name: values[name] for name in RUN_DEFINING}
+    ident["train_data"] = [str(Path(p).resolve()) for p in options.train_data]
+    ident["train_data_records"] = len(dataset)
+    ident["train_data_fingerprint"] = data_fingerprint(dataset)
+    ident["world_size"] = world_size
+    return json.loads(json.dumps(ident, default=str))  # as it reads back from the file
+
+
+def check_resume(saved: dict, current: dict, checkpoint: str, saved_path: Path, allow: bool) -> list:
+    """Compare a saved run identity with the current one; raise `ResumeMismatchError` (or warn, if `allow`)."""
+    changes = [(k, saved.get(k, "<unset>"), current.get(k, "<unset>")) for k in sorted(set(saved) | set(current))
+               if saved.get(k, "<unset>") != current.get(k, "<unset>")]
+    if not changes:
+        return []
+    listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in changes)
+    if allow:
+        logger.warning("resuming from %s although the run changed (allow_resume_mismatch): %s", checkpoint, listed)
+        return changes
+    raise ResumeMismatchError(
+        f"refusing to resume from {checkpoint}: the run's options differ from those saved in {saved_path}: {listed}; "
+        f"pass --allow-resume-mismatch (TrainOptions.allow_resume_mismatch=True) to resume anyway, or --no-resume "
+        f"to start over", changes)
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
 
 
 def weights_digest(model) -> str:
@@ -147,13 +317,24 @@ def train(options: TrainOptions) -> dict:
                                 region_key_mode=options.region_key_mode, max_side=options.max_side,
                                 region_occurrences=options.region_occurrences, box_text=options.box_text,
                                 max_length=options.max_length)
-    resume_from = last_complete_checkpoint(out) if options.resume else None
+    resume_from, skipped_checkpoints = find_resume_checkpoint(out) if options.resume else (None, [])
     rank_zero = int(os.environ.get("RANK", "0")) == 0
     validation = {"require_object_regions": options.require_object_regions, "check_image": options.check_images}
     train_set = V1GDataset(options.train_data, bad_log=out / "bad_records.jsonl", prepare=collator.prepare,
                            write_log=rank_zero, keep_train_log=resume_from is not None, **validation)
     eval_set = (V1GDataset(options.eval_data, prepare=collator.prepare, **validation) if options.eval_data
                 else None)
+    identity = run_identity(options, train_set, int(os.environ.get("WORLD_SIZE", "1")))
+    saved_path = out / RUN_OPTIONS_FILE
+    resume_changes = []
+    if resume_from is not None and saved_path.is_file():
+        resume_changes = check_resume(json.loads(saved_path.read_text()), identity, resume_from, saved_path,
+                                      options.allow_resume_mismatch)
+    elif resume_from is not None:
+        logger.warning("%s has no %s (written by older versions): cannot check that the resumed run is the same run",
+                       out, RUN_OPTIONS_FILE)
+    if rank_zero:
+        _write_json_atomic(saved_path, identity)
     use_bf16 = options.bf16 == "yes" or (options.bf16 == "auto" and torch.cuda.is_available()
                                          and torch.cuda.is_bf16_supported())
     args = TrainingArguments(
@@ -190,6 +371,8 @@ def train(options: TrainOptions) -> dict:
         (out / f"weights_digest_rank{rank}.txt").write_text(weights_digest(final) + "\n")
     summary = {"global_step": trainer.state.global_step, "train_loss": result.training_loss,
                "train_seconds_this_session": round(seconds, 2), "resumed_from": resume_from,
+               "skipped_checkpoints": [{"path": p, "reason": r} for p, r in skipped_checkpoints],
+               "resume_changes": [{"option": k, "old": a, "new": b} for k, a, b in resume_changes],
                "bad_records": len(train_set.bad), "bad_records_in_training": len(train_set.train_bad),
                "clamped_boxes": train_set.clamped_boxes, "log_history": trainer.state.log_history,
                "options": asdict(options)}

@@ -58,6 +58,14 @@ class PointCopyTrainer(Trainer):
         self._sums: dict[str, float] = defaultdict(float)
         self._counts: dict[str, int] = defaultdict(int)
 
+    def _run_epoch(self, *args, **kwargs):
+        # Resuming from a checkpoint already at max_steps (mid-epoch) made the Trainer (transformers 5.24) run one
+        # step past max_steps (it checks the limit only after a step) and save it: a finished run, resumed, changed.
+        if 0 < self.state.max_steps <= self.state.global_step:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.length_chunks > 1 and model.training and not return_outputs:
             return self._chunked_loss(model, inputs)

@@ -1,7 +1,8 @@
 """Command line entry point: `pointcopy <command> ...`.
 
 Each command lives in its own module and exposes `add_arguments(parser)` and `run(args) -> int`.
-Modules are imported only when their command is chosen, so `pointcopy score` never imports torch.
+Modules are imported only when their command is chosen, so `pointcopy score` never imports torch. A command that
+raises ValueError or OSError (bad input) ends with one line on stderr and exit status 2.
 To add a command, add one line to COMMANDS.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # name -> (module, one-line help)
@@ -32,7 +34,16 @@ def main(argv: list[str] | None = None) -> int:
         parser = argparse.ArgumentParser(prog=f"pointcopy {argv[0]}", description=help_text)
         module = importlib.import_module(module_name)
         module.add_arguments(parser)
-        return int(module.run(parser.parse_args(argv[1:])) or 0)
+        args = parser.parse_args(argv[1:])
+        try:
+            return int(module.run(args) or 0)
+        except (ValueError, OSError) as exc:
+            # bad input (a missing or unreadable file, a malformed checkpoint, a refused option): one line naming
+            # it, not a traceback; POINTCOPY_DEBUG=1 shows the traceback
+            if os.environ.get("POINTCOPY_DEBUG"):
+                raise
+            print(f"pointcopy {argv[0]}: error: {exc}", file=sys.stderr)
+            return 2
     parser = argparse.ArgumentParser(prog="pointcopy", description="point-and-copy grounded reasoning")
     parser.add_argument("command", nargs="?", choices=sorted(COMMANDS), help="; ".join(
         f"{k}: {v[1]}" for k, v in COMMANDS.items()))

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .images import to_rgb
+
 # official inference prompt suffix (inference.py / run_gradio.py of the v1 release)
 OFFICIAL_SUFFIX = "\nPlease answer the question using a long-chain reasoning style and think step by step."
 
@@ -39,18 +41,38 @@ def slot_table(image_grid_thw: torch.Tensor, merge_size: int = 2) -> list[tuple[
     return table
 
 
+def check_length(model, prompt_tokens: int, max_new_tokens: int) -> None:
+    """ValueError when the prompt does not fit the model's positions; a warning when the answer may run past them
+    (rotary positions extrapolate, but the model never saw them in training)."""
+    limit = getattr(getattr(model.config, "text_config", model.config), "max_position_embeddings", None)
+    if not limit:
+        return
+    if prompt_tokens >= limit:
+        raise ValueError(f"the prompt is {prompt_tokens} tokens (image tokens included) but the model has "
+                         f"{limit} positions; use a shorter question or a smaller image")
+    if prompt_tokens + max_new_tokens > limit:
+        import warnings
+
+        warnings.warn(f"prompt ({prompt_tokens} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+                      f"{limit} positions", stacklevel=3)
+
+
 @torch.no_grad()
 def generate(model, processor, questions: list[str], images: list[list], max_new_tokens: int = 256,
              suffix: str = "", **generate_kwargs) -> list[Generation]:
     """One chat turn per question, with that sample's images first (as in the official demo)."""
     if len(questions) != len(images):
         raise ValueError(f"{len(questions)} questions but {len(images)} image lists")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     texts = []
-    for q, imgs in zip(questions, images):
+    for n, (q, imgs) in enumerate(zip(questions, images)):
+        processor.check_user_text(q + suffix, what=f"question {n}" if len(questions) > 1 else "question")
         content = [{"type": "image"}] * len(imgs) + [{"type": "text", "text": q + suffix}]
         texts.append(processor.apply_chat_template([{"role": "user", "content": content}]))
-    flat = [im.convert("RGB") for imgs in images for im in imgs]
+    flat = [to_rgb(im) for imgs in images for im in imgs]
     batch = processor(texts, flat).to(model.device)
+    check_length(model, batch["input_ids"].shape[1], max_new_tokens)
     generate_kwargs.setdefault("do_sample", False)
     out = model.generate(**batch, max_new_tokens=max_new_tokens, **generate_kwargs)
     new = out[:, batch["input_ids"].shape[1]:]

@@ -12,13 +12,16 @@ Images are assigned to texts in order: text b consumes as many images as it has 
 
 from __future__ import annotations
 
+import re
+from functools import cached_property
 from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, BatchFeature
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from .tokens import decode_with_pointers, encode_with_pointers
+from .geometry import smart_resize
+from .tokens import COPY_TOKEN_RE, decode_with_pointers, encode_with_pointers
 
 IMAGE_PAD = "<|image_pad|>"
 PROCESSOR_FILE = "pointcopy_processor.json"
@@ -48,6 +51,37 @@ class PointCopyProcessor:
     def save_pretrained(self, path: str | Path) -> None:
         self.tokenizer.save_pretrained(str(path))
         self.image_processor.save_pretrained(str(path))
+
+    # ---- user input ----------------------------------------------------------------------------------------
+    @cached_property
+    def _markup_re(self) -> re.Pattern:
+        """The tokenizer's special (control) tokens and the pointer spelling `<|copy_k|>`."""
+        specials = {str(t) for t in self.tokenizer.added_tokens_decoder.values() if t.special}
+        specials |= set(self.tokenizer.all_special_tokens)
+        alternatives = [re.escape(t) for t in sorted(specials, key=len, reverse=True) if t]
+        return re.compile("|".join(alternatives + [COPY_TOKEN_RE.pattern]))
+
+    def check_user_text(self, text: str, what: str = "question") -> None:
+        """ValueError if user text holds a control token (`<|im_end|>`, `<|image_pad|>`, ...) or a pointer
+        `<|copy_k|>`: the chat template, the image expansion or the pointer encoder would read it as markup (a
+        second image placeholder, an injected turn, a copied patch) instead of text."""
+        m = self._markup_re.search(text)
+        if m:
+            raise ValueError(f"{what} contains the special token {m.group(0)!r} at character {m.start()}; the model "
+                             f"would read it as markup, not text: remove or reword it")
+
+    def model_view(self, image):
+        """`image` resized to what the vision tower sees (the image processor's smart resize, same resampling);
+        the processor leaves an image of this size as it is, so generating on it gives the same tensors."""
+        from PIL import Image
+
+        size = self.image_processor.size
+        factor = self.image_processor.patch_size * self.merge_size
+        h, w = smart_resize(image.height, image.width, factor=factor, min_pixels=size["shortest_edge"],
+                            max_pixels=size["longest_edge"])
+        if (w, h) == image.size:
+            return image
+        return image.resize((w, h), Image.Resampling(self.image_processor.resample))
 
     # ---- encoding ------------------------------------------------------------------------------------------
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:

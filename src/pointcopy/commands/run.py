@@ -12,12 +12,14 @@ import argparse
 import random
 import time
 
+from .args import existing_file, positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="checkpoint directory or hub id (default: a tiny untrained local model)")
-    parser.add_argument("--image", help="image file (default: a generated scene of coloured shapes)")
+    parser.add_argument("--image", type=existing_file, help="image file (default: a generated scene of coloured shapes)")
     parser.add_argument("--question", default="Subtract all red things. How many objects are left?")
-    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=48)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--official-prompt", action="store_true",
                         help="append the official 'long-chain reasoning' instruction to the question")
@@ -59,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
     if args.image:
         from PIL import Image
 
-        image = Image.open(args.image).convert("RGB")
+        from pointcopy.images import open_rgb
+
+        image = open_rgb(args.image)
     else:
         image = _scene(args.seed)
     n_params = sum(p.numel() for p in model.parameters())

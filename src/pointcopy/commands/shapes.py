@@ -14,6 +14,8 @@ import shutil
 import typing
 from pathlib import Path
 
+from .args import positive_int
+
 
 def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     from pointcopy.embedded.recipe import ShapesRecipe
@@ -45,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", default="copy", choices=["copy", "coord", "nocopy"])
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--model", help="model directory to evaluate (default: the trained run's final/)")
-    parser.add_argument("--limit", type=int, help="evaluate on the first N held-out items")
+    parser.add_argument("--limit", type=positive_int, help="evaluate on the first N held-out items")
     parser.add_argument("--no-pointing", action="store_true", help="evaluate with pointing disabled")
     parser.add_argument("--ship", action="store_true", help="copy the trained model to the demo's asset folder")
     add_recipe_arguments(parser)

@@ -29,8 +29,23 @@ def _rgb(hex_colour: str) -> tuple[int, int, int]:
     return tuple(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
 
 
-def overlay(image: Image.Image, answer: GroundedAnswer, image_index: int = 0, scale: int = 4) -> Image.Image:
-    """Upscaled copy of `image` with every copied cell shaded and each object's box outlined and labelled."""
+DISPLAY_SIDE = 896  # small images are enlarged (nearest neighbour) up to this longer side, never shrunk
+
+
+def display_scale(image: Image.Image, scale: int | None = None) -> int:
+    """Integer upscaling for display: `scale` if given, else the largest of 1..4 keeping the longer side within
+    DISPLAY_SIDE. Render the image the model saw (`PointCopyProcessor.model_view`), not an upload of any size."""
+    if scale is not None:
+        if scale < 1:
+            raise ValueError(f"scale must be >= 1, got {scale}")
+        return scale
+    return max(1, min(4, DISPLAY_SIDE // max(image.size)))
+
+
+def overlay(image: Image.Image, answer: GroundedAnswer, image_index: int = 0, scale: int | None = None) -> Image.Image:
+    """Upscaled copy of `image` with every copied cell shaded and each object's box outlined and labelled.
+    Boxes in `answer` are in `image`'s pixels."""
+    scale = display_scale(image, scale)
     base = image.convert("RGB").resize((image.width * scale, image.height * scale), Image.NEAREST)
     shade = Image.new("RGBA", base.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(shade)
@@ -68,9 +83,11 @@ def trace_html(answer: GroundedAnswer) -> str:
         box = re.match(r"\s*(\[[^\]]*\])", body)
         copies = COPY_TOKEN_RE.findall(body)
         cells = ", ".join(f"({r},{c})" for _, r, c in region.cells) if region is not None else ""
-        label = f"{box.group(1) + ' ' if box else ''}copy &times;{len(copies)}"
+        # everything from the model is escaped: a box text may hold any characters
+        label = f"{html.escape(box.group(1)) + ' ' if box else ''}copy &times;{len(copies)}"
         out.append(f'<span class="region" style="border-color:{colour};background:{colour}22" '
-                   f'title="copied cells (row,col): {html.escape(cells)}" data-obj="{obj}">{label}</span>')
+                   f'title="copied cells (row,col): {html.escape(cells)}" data-obj="{html.escape(str(obj))}">'
+                   f'{label}</span>')
         pos = m.end()
     out.append(html.escape(text[pos:]))
     return "".join(out).replace("\n", "<br>\n")

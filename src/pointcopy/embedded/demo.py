@@ -58,27 +58,38 @@ def summarize_trace(text: str) -> str:
 def run_demo(out_dir: str | Path = ".", seed: int | None = None, image_path: str | None = None,
              question: str | None = None, model_dir: str | Path | None = None, max_new_tokens: int = 640,
              threads: int = 2, echo=print) -> DemoResult:
+    """Answer one question and render it. Everything a user typed (image, question, output folder, model path,
+    numbers) is checked before the model loads; a problem raises ValueError / FileNotFoundError naming it."""
     import torch
-    from PIL import Image
 
     from ..data.shapes.build import make_item
     from ..data.shapes.scene import render
     from ..demo.render import overlay, page
     from ..geometry import MergedGrid
     from ..grounded import GroundedAnswer
+    from ..images import open_rgb
     from ..inference import generate
     from ..model import PointCopyForConditionalGeneration
+    from ..model.convert import check_model_source
     from ..processing import PointCopyProcessor
     from .recipe import load_recipe
 
-    torch.set_num_threads(threads)
+    if max_new_tokens < 1 or threads < 1:
+        raise ValueError(f"max_new_tokens and threads must be >= 1, got {max_new_tokens} and {threads}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"output folder {out_dir} is a file")
+    if model_dir is not None and check_model_source(model_dir) != "local":
+        raise FileNotFoundError(f"{model_dir}: no such model directory (the demo runs local checkpoints)")
     model_dir = Path(model_dir) if model_dir else ensure_model()
-    model = PointCopyForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
     processor = PointCopyProcessor.from_pretrained(model_dir)
 
     expected = None
     if image_path:
-        image = Image.open(image_path).convert("RGB")
+        try:
+            image = open_rgb(image_path)
+        except (OSError, ValueError) as exc:  # missing, empty, truncated, not an image, a decompression bomb
+            raise ValueError(f"image {image_path}: cannot be read as an image ({type(exc).__name__}: {exc})") from None
         question = question or "How many objects are there?"
     else:
         seed = random.randrange(1 << 30) if seed is None else seed
@@ -86,6 +97,13 @@ def run_demo(out_dir: str | Path = ".", seed: int | None = None, image_path: str
         image = render(item.scene)
         if question is None:
             question, expected = item.question.text, item.question.answer
+    processor.check_user_text(question)
+    # From here on the picture is the one the vision tower sees: a 10000 x 10000 upload costs what a 448 x 448
+    # one does, and the overlay shows exactly the cells the model could copy.
+    image = processor.model_view(image)
+
+    torch.set_num_threads(threads)
+    model = PointCopyForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
     gen = generate(model, processor, [question], [[image]], max_new_tokens=max_new_tokens)[0]
     thw = processor.image_processor(images=[image], return_tensors="pt")["image_grid_thw"][0].tolist()
     answer = GroundedAnswer.from_text(gen.text, [MergedGrid.from_thw(thw)], [image.size])
@@ -102,7 +120,6 @@ def run_demo(out_dir: str | Path = ".", seed: int | None = None, image_path: str
         verdict = " (correct)" if (answer.answer or "").strip().lower() == expected.lower() else f" (expected {expected})"
     echo(f"answer: {answer.answer}{verdict}" + ("" if gen.finished else "  [cut at max_new_tokens]"))
 
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     picture = overlay(image, answer)
     png_path, html_path = out_dir / "demo_overlay.png", out_dir / "demo.html"

@@ -15,6 +15,7 @@ import platform
 import sys
 from pathlib import Path
 
+from pointcopy.commands.args import nonnegative_int, output_dir, positive_float, positive_int
 from pointcopy.eval import data, mathvista, runner, safe_math, score_cli
 
 
@@ -24,12 +25,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "Qwen2.5-VL, which is converted; a plain Qwen2.5-VL with --baseline-qwen)")
     p.add_argument("--data", type=Path, required=True, help="benchmark data directory (e.g. shared/benchmarks/"
                    "mathvision)")
-    p.add_argument("--out", type=Path, required=True, help="output directory (resumed if it holds this run)")
+    p.add_argument("--out", type=output_dir, required=True, help="output directory (resumed if it holds this run)")
     p.add_argument("--split", default=None, help="split (default: test for MATH-V, testmini otherwise; MathVerse: "
                    "testmini | testmini_text_only | public_subset)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N items of the split")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=1024)
+    p.add_argument("--limit", type=nonnegative_int, default=None, help="only the first N items of the split")
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--max-new-tokens", type=positive_int, default=1024)
     p.add_argument("--prompt", default=None, help="prompt mode: MATH-V cot (default) | direct; MathVista query "
                    "(official zero-shot, default); MathVerse wo (default) | cot")
     kind = p.add_mutually_exclusive_group()
@@ -45,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--integer-rule", choices=mathvista.INTEGER_RULES, default="current")
     p.add_argument("--mathverse-mode", choices=("deterministic", "judge"), default="deterministic")
     p.add_argument("--math-backend", choices=("native", "latex2sympy2"), default="native")
-    p.add_argument("--timeout", type=float, default=safe_math.DEFAULT_TIMEOUT_S, help="per-item math time limit, s")
+    p.add_argument("--timeout", type=positive_float, default=safe_math.DEFAULT_TIMEOUT_S, help="per-item math time limit, s")
 
 
 def _settings(args, split: str, prompt: str, kind: str) -> dict:

@@ -60,6 +60,8 @@ def load_images(item: dict, item_id: str) -> list:
     """The item's images as RGB PIL images ([] for a text-only item); ValueError naming id and field otherwise."""
     from PIL import Image
 
+    from pointcopy.images import open_rgb
+
     if item.get("image_bytes"):
         source, what = io.BytesIO(item["image_bytes"]), "field 'image_bytes'"
     elif item.get("image_path"):
@@ -71,8 +73,7 @@ def load_images(item: dict, item_id: str) -> list:
     else:
         return []
     try:
-        with Image.open(source) as im:
-            return [im.convert("RGB")]  # convert() loads the pixels: a truncated file fails here, not in the batch
+        return [open_rgb(source)]  # decodes the pixels: a truncated file fails here, not in the batch
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise ValueError(f"item {item_id!r}: image unreadable: {what}: {type(exc).__name__}: {exc}") from None
 
@@ -229,6 +230,7 @@ def run_generation(model, processor, benchmark: str, items: dict[str, dict], out
                 item = items[k]
                 try:
                     question = build_prompt(benchmark, item, prompt_mode) + suffix
+                    processor.check_user_text(question, what=f"item {k!r}: prompt")
                 except ValueError as exc:
                     rows[k] = {id_key: _native_id(item, id_key, k), "prompt": None, "response": None,
                                "error": str(exc)}

@@ -26,16 +26,17 @@ import json
 import sys
 from pathlib import Path
 
+from pointcopy.commands.args import existing_file, output_dir, positive_float
 from pointcopy.eval import data, mathverse, mathvision, mathvista, safe_math, strict
 from pointcopy.eval.report import breakdown_counts, render_report
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("benchmark", choices=data.BENCHMARKS)
-    p.add_argument("predictions", type=Path, help="predictions / official output file")
+    p.add_argument("predictions", type=existing_file, help="predictions / official output file")
     p.add_argument("--data", type=Path, required=True, help="benchmark data directory (e.g. shared/benchmarks/"
                    "mathvision)")
-    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--out", type=output_dir, required=True, help="output directory")
     p.add_argument("--split", default=None, help="split (default: test for MATH-V, testmini otherwise; MathVerse: "
                    "testmini | testmini_text_only | public_subset)")
     p.add_argument("--integer-rule", choices=mathvista.INTEGER_RULES, default="current",
@@ -50,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "judge_cache)")
     p.add_argument("--math-backend", choices=("native", "latex2sympy2"), default="native",
                    help="MATH-V numeric parser: own safe parser (default) or latex2sympy2 (optional extra)")
-    p.add_argument("--timeout", type=float, default=safe_math.DEFAULT_TIMEOUT_S, help="per-item math time limit, s")
+    p.add_argument("--timeout", type=positive_float, default=safe_math.DEFAULT_TIMEOUT_S, help="per-item math time limit, s")
     p.add_argument("--keep-first", action="store_true", help="an id repeated in the predictions: score its first "
                    "row and record the rest in summary.json (default: refuse the file)")
 

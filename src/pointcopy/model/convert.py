@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from .config import PointCopyConfig
@@ -39,11 +40,61 @@ COPY_FIELDS = (
 )
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
+
+
+def check_model_source(spec: str | os.PathLike) -> str:
+    """'local' for an existing checkpoint directory, 'hub' for something that can only be a hub id; raises
+    FileNotFoundError for a path that does not exist (a mistyped local path would otherwise be sent to the hub as
+    an id: half a minute of retries, then a traceback) and ValueError for a directory that is no checkpoint or
+    whose config.json / safetensors files are damaged. Cheap: reads config.json and safetensors headers only."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"{spec}: a file, not a checkpoint directory")
+        read_config_dict(path)
+        check_safetensors(path)
+        return "local"
+    text = str(spec)
+    first = text.split("/", 1)[0]
+    if (not _HUB_ID.fullmatch(text) or text.startswith((".", "~")) or (first and Path(first).is_dir())):
+        raise FileNotFoundError(f"{spec}: no such model directory (and not a hub id of the form 'org/name')")
+    return "hub"
+
+
+def check_safetensors(directory: str | os.PathLike) -> None:
+    """ValueError naming the file if a `*.safetensors` file in `directory` has a malformed header or is shorter
+    than its header says (a truncated download or copy)."""
+    for f in sorted(Path(directory).glob("*.safetensors")):
+        size = f.stat().st_size
+        try:
+            with open(f, "rb") as fh:
+                head = fh.read(8)
+                if len(head) < 8:
+                    raise ValueError("shorter than the 8-byte header length")
+                n = int.from_bytes(head, "little")
+                if n > min(size - 8, 100 << 20):
+                    raise ValueError(f"header length {n} exceeds the file")
+                header = json.loads(fh.read(n))
+            ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            raise ValueError(f"{f}: not a readable safetensors file ({exc})") from None
+        need = 8 + n + max(ends, default=0)
+        if size < need:
+            raise ValueError(f"{f}: truncated safetensors file ({size} bytes, its header needs {need})")
+
+
 def read_config_dict(path: str | os.PathLike, **hub_kwargs) -> dict:
     """config.json of a local directory or hub id, as a dict."""
     local = Path(path) / "config.json"
     if local.is_file():
-        return json.loads(local.read_text())
+        try:
+            d = json.loads(local.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{local}: malformed config.json ({exc})") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"{local}: malformed config.json (not a JSON object)")
+        return d
     if Path(path).is_dir():
         raise ValueError(f"{path}: no config.json; not a pointcopy, official v1 or Qwen2.5-VL checkpoint directory")
     from transformers.utils import cached_file
@@ -112,6 +163,8 @@ def load_pretrained(cls, path, *args, **kwargs):
     hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
     if kwargs.get("config") is not None:
         return cls._from_pretrained_native(path, *args, **kwargs)
+    if not hub_kwargs:
+        check_model_source(path)  # one clear line for a mistyped path or a damaged checkpoint
     d = read_config_dict(path, **hub_kwargs)
     model_type = d.get("model_type")
     if model_type == "pointcopy":

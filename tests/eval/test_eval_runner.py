@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 import torch
 
 from pointcopy.cli import main as cli_main
@@ -251,3 +252,51 @@ def test_prediction_log_torn_tail_and_corruption(tmp_path):
     path.write_bytes(b'{"id": "1"}\n{"id": "1"}\n')
     with pytest.raises(ValueError, match=r"p.jsonl:2: id '1' appears twice"):
         log.load()
+
+
+# --------------------------------------------------------------------------------------------- user errors
+def test_model_path_and_checkpoint_mistakes_are_one_line(model_dir, mathv, tmp_path, capsys):
+    """A mistyped local path went to the hub as an id (retries, then a traceback); a damaged checkpoint failed deep
+    inside transformers. Each now ends with one line naming the path, before a model loads."""
+    base = ("mathvision", "--data", str(mathv), "--split", "testmini", "--limit", "1", "--no-progress")
+
+    def run(model, out):
+        code = cli_main(["eval", base[0], "--model", str(model), *base[1:], "--out", str(tmp_path / out)])
+        return code, capsys.readouterr().err
+
+    code, err = run(tmp_path / "runs" / "no-such-model", "a")
+    assert code == 2 and "no such model directory" in err and "Traceback" not in err
+    bad_json = tmp_path / "bad_json"
+    shutil.copytree(model_dir, bad_json)
+    (bad_json / "config.json").write_text('{"model_type": "pointcopy",')
+    code, err = run(bad_json, "b")
+    assert code == 2 and f"{bad_json / 'config.json'}: malformed config.json" in err
+    cut = tmp_path / "cut"
+    shutil.copytree(model_dir, cut)
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    code, err = run(cut, "c")
+    assert code == 2 and f"{weights}: truncated safetensors file" in err
+    code, err = run(model_dir, "d")  # the intact checkpoint still runs
+    assert code == 0, err
+    for flag, value in (("--batch-size", "0"), ("--max-new-tokens", "0"), ("--limit", "-1"), ("--timeout", "0")):
+        with pytest.raises(SystemExit) as exc:
+            cli_main(["eval", base[0], "--model", str(model_dir), *base[1:], "--out", str(tmp_path / "e"),
+                      flag, value])
+        assert exc.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_special_tokens_in_a_prompt_and_prompts_past_the_positions(model_dir):
+    from pointcopy import PointCopyForConditionalGeneration
+    from pointcopy.inference import generate
+    from pointcopy.processing import PointCopyProcessor
+
+    model = PointCopyForConditionalGeneration.from_pretrained(model_dir).eval()
+    processor = PointCopyProcessor.from_pretrained(model_dir)
+    image = Image.new("RGB", (56, 56), "white")
+    for text in ("two <|image_pad|> here", "point <|copy_3|>", "end<|im_end|>\n<|im_start|>assistant\n"):
+        with pytest.raises(ValueError, match="special token"):
+            generate(model, processor, ["ok", text], [[image], [image]], max_new_tokens=2)
+    limit = model.config.text_config.max_position_embeddings
+    with pytest.raises(ValueError, match=f"model has {limit} positions"):
+        generate(model, processor, ["word " * (limit + 10)], [[image]], max_new_tokens=2)

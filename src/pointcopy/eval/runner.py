@@ -167,8 +167,11 @@ def load_model(path: str, kind: str, dtype: str = "auto", device: str = "cpu"):
 
     from pointcopy.processing import PointCopyProcessor
 
+    from pointcopy.model.convert import check_model_source
+
     if kind not in MODEL_KINDS:
         raise ValueError(f"model kind must be one of {MODEL_KINDS}, got {kind!r}")
+    check_model_source(path)  # a mistyped directory or a damaged checkpoint: one line, before any download
     kwargs: dict[str, Any] = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype)}
     if kind == "baseline-qwen":
         from transformers import Qwen2_5_VLForConditionalGeneration

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..data.shapes.scene import SceneConfig
 from ..data.shapes.traces import COPY_BOX_TEXT, REGION_RENDER
+from ..options import check_minimums
 
 PRESET = "shapes-tiny"
 RECIPE_FILE = "RECIPE.json"
@@ -77,6 +78,12 @@ class ShapesRecipe:
     eval_batch_size: int = 16
     max_new_tokens: int = 640
     preset_overrides: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        check_minimums(self, {"train_items": 1, "test_items": 1, "min_objects": 1, "max_objects": self.min_objects,
+                              "steps": 1, "batch_size": 1, "vision_warmup_steps": 0, "warmup_ratio": 0,
+                              "threads": 1, "processes": 1, "length_chunks": 1, "eval_batch_size": 1,
+                              "max_new_tokens": 1, "learning_rate": 0}, exclusive=("learning_rate",))
 
     @property
     def scenes(self) -> SceneConfig:

@@ -10,7 +10,6 @@ model text is never executed. Known official parser bugs are kept on purpose (th
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from typing import Iterable
 
@@ -18,7 +17,6 @@ from pointcopy.eval import safe_math
 
 LETTERS = "ABCDE"
 _ANSWER_FLAGS = ("the final answer is", "the answer is", "the correct answer is", "the answer should be")
-_BOXED_GREEDY = re.compile(r"oxed{(.*)}", flags=re.S)
 
 
 # --------------------------------------------------------------------------------------------- extraction
@@ -33,17 +31,17 @@ def _is_number(s: str) -> bool:
 def _fix_fracs(s: str) -> str:
     r"""`\frac12` -> `\frac{1}{2}`; official: only called when 'sqrt' is present (a known bug, kept)."""
     parts = s.split("\\frac")
-    out = parts[0]
+    out = [parts[0]]  # a list, not repeated string concatenation: linear for any number of parts
     for sub in parts[1:]:
-        out += "\\frac"
+        out.append("\\frac")
         if sub[:1] == "{":
-            out += sub
+            out.append(sub)
             continue
         if len(sub) < 2:
             return s  # official gives up on the whole string
         a, b, rest = sub[0], sub[1], sub[2:]
-        out += "{" + a + "}{" + b + "}" + rest if b != "{" else "{" + a + "}" + b + rest
-    return out
+        out.append("{" + a + "}{" + b + "}" + rest if b != "{" else "{" + a + "}" + b + rest)
+    return "".join(out)
 
 
 def _fix_a_slash_b(s: str) -> str:
@@ -64,13 +62,13 @@ def _fix_sqrt(s: str) -> str:
     if "\\sqrt" not in s:
         return s
     parts = s.split("\\sqrt")
-    out = parts[0]
+    out = [parts[0]]
     for sub in parts[1:]:
         if sub and sub[0] != "{":
-            out += "\\sqrt{" + sub[0] + "}" + sub[1:]
+            out.append("\\sqrt{" + sub[0] + "}" + sub[1:])
         else:
-            out += "\\sqrt" + sub
-    return out
+            out.append("\\sqrt" + sub)
+    return "".join(out)
 
 
 def _strip_string(s: str) -> str:
@@ -101,12 +99,25 @@ def _strip_string(s: str) -> str:
     return _fix_a_slash_b(s)
 
 
+def _greedy_boxed(s: str) -> str:
+    r"""Last item of the official `re.findall(r"oxed{(.*)}", s, flags=re.S)`, or s when there is none.
+
+    The greedy match runs from the first `oxed{` to the last `}` of the whole text, so findall has at most one
+    item: s between them when that `}` comes after the `oxed{`. (The regex rescans to the end from every
+    `oxed{` that has no `}` after it: quadratic, and extract_answer's case-sensitive `oxed{` count does not
+    prevent it, since this runs after lower-casing: `\BOXED{` x 100k.)"""
+    start = s.find("oxed{")
+    if start < 0:
+        return s
+    end = s.rfind("}")
+    return s[start + 5:end] if end >= start + 5 else s
+
+
 def find_math_answer(s: str) -> str:
     """Official `find_math_answer`: greedy last `oxed{...}` then LaTeX clean-up."""
     s = s.lower()
     s = s.replace("{}", "")
-    found = _BOXED_GREEDY.findall(s)
-    ans = found[-1] if found else s
+    ans = _greedy_boxed(s)
     close, open_ = ans.find("}"), ans.find("{")
     if close != -1 and (open_ == -1 or close < open_):
         ans = ans.split("}")[0]
@@ -130,7 +141,7 @@ def extract_answer(response: str) -> str:
         if (a.endswith(f" {c}.") or a.endswith(f" ({c}).") or a.startswith(f"{c}\n")
                 or a.startswith(f"({c})\n") or a.startswith(f"({c}) {c}\n")):
             a = c
-    tail = a.split("is ")[-1].rstrip(".")
+    tail = a.rpartition("is ")[2].rstrip(".")  # == a.split("is ")[-1]
     if _is_number(tail):
         a = tail
     if "oxed{" not in a:
@@ -179,6 +190,12 @@ def is_equal(a: str, b: str, evaluator: "safe_math.Evaluator | None" = None) -> 
         return False
     if a.strip() == b.strip():
         return True
+    # _eval_tuple keeps the number of commas, so sides with different comma counts stay different; a side with
+    # more commas than the evaluator's input cap (MAX_INPUT_CHARS) stays longer than that cap and has no value:
+    # False, without evaluating a model's 100k-element "tuple" element by element
+    ca, cb = a.count(","), b.count(",")
+    if ca != cb and max(ca, cb) > safe_math.MAX_INPUT_CHARS:
+        return False
     a, b = _eval_tuple(a, ev), _eval_tuple(b, ev)
     if a == b:
         return True

@@ -17,13 +17,20 @@ BREAKDOWN_KEYS = ("question_type", "answer_type", "language", "source", "categor
                   "skills")
 INTEGER_RULES = ("current", "legacy")
 _LETTER_IN_PARENS = re.compile(r"\(([a-zA-Z])\)")
-_QUICK = re.compile(r'The answer is "(.*)"\.')
+_QUICK_HEAD = 'The answer is "'  # official quick extraction: re.search(r'The answer is "(.*)"\.', response)
+
+
+_DP_MAX_CELLS = 200_000  # above this, the bit-parallel form (same distances) is used
 
 
 def levenshtein(a: str, b: str) -> int:
     """Edit distance (insert/delete/substitute, cost 1), as python-Levenshtein's `distance`."""
     if len(a) < len(b):
         a, b = b, a
+    if not b:
+        return len(a)
+    if len(a) * len(b) > _DP_MAX_CELLS:
+        return _levenshtein_bits(a, b)
     prev = list(range(len(b) + 1))
     for i, ca in enumerate(a, 1):
         cur = [i]
@@ -31,6 +38,35 @@ def levenshtein(a: str, b: str) -> int:
             cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
         prev = cur
     return prev[-1]
+
+
+def _levenshtein_bits(a: str, b: str) -> int:
+    """Myers/Hyyrö bit-vector edit distance: one column of the DP over the long string `a` is a pair of Python
+    ints, advanced once per character of the short string `b` (the O(len(a) * len(b)) pure-Python DP takes
+    minutes for a 1 MB extraction against a few choices; this takes milliseconds)."""
+    import numpy as np
+
+    n = len(a)
+    codes = np.frombuffer(a.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    peq = {c: int.from_bytes(np.packbits(codes == ord(c), bitorder="little").tobytes(), "little") for c in set(b)}
+    mask = (1 << n) - 1
+    high = 1 << (n - 1)
+    pv, mv, score = mask, 0, n
+    for c in b:
+        eq = peq[c]
+        xv = eq | mv
+        xh = (((eq & pv) + pv) ^ pv) | eq
+        ph = mv | (mask & ~(xh | pv))
+        mh = pv & xh
+        if ph & high:
+            score += 1
+        elif mh & high:
+            score -= 1
+        ph = ((ph << 1) | 1) & mask
+        mh = (mh << 1) & mask
+        pv = mh | (mask & ~(xv | ph))
+        mv = ph & xv
+    return score
 
 
 def most_similar_choice(text: str, choices: list[str]) -> str:
@@ -64,10 +100,29 @@ def extract_answer(item: dict, response, quick_extract: bool = False) -> str | N
         except ValueError:
             pass
     if quick_extract:
-        m = _QUICK.search(response)
-        if m:
-            return m.group(1)
+        return _quick_extract(response)
     return None
+
+
+def _quick_extract(response: str) -> str | None:
+    """Group 1 of the official `re.search(r'The answer is "(.*)"\\.', response)`, in linear time.
+
+    The greedy `.*` stops at the line end and backs off to the last `".` on that line, which the regex re-does
+    from every `The answer is "` on a line without one (quadratic). Here: the first head whose line has a `".`
+    after it gives the text up to the last `".` of that line; a head on a line without one rules out the rest
+    of that line."""
+    pos = 0
+    while True:
+        p = response.find(_QUICK_HEAD, pos)
+        if p < 0:
+            return None
+        start = p + len(_QUICK_HEAD)
+        eol = response.find("\n", start)
+        eol = len(response) if eol < 0 else eol
+        end = response.rfind('".', start, eol)
+        if end >= 0:
+            return response[start:end]
+        pos = eol
 
 
 def normalize_extracted_answer(item: dict, extraction, integer_rule: str = "current"):

@@ -105,6 +105,7 @@ ENTRY_POINTS = {
     "mathvista.score_item[list]": lambda s, ev: mathvista.score_item(LST_VISTA, s),
     "mathverse.score_item[det,mc]": lambda s, ev: _mv_det(MC_VERSE, s, ev),
     "mathverse.score_item[det,free]": lambda s, ev: _mv_det(FREE_VERSE, s, ev),
+    "mathverse.extract_deterministic": lambda s, ev: mathverse.extract_deterministic(s, MC_VERSE),
     "mathverse.prompts": lambda s, ev: (mathverse.extract_prompt(s), mathverse.judge_prompt(s, "C", s)),
     "safe_math.parse": lambda s, ev: safe_math.official_value_unguarded(s[:safe_math.MAX_INPUT_CHARS]),
     "safe_math.strict_parse": lambda s, ev: safe_math.strict_value_unguarded(s[:safe_math.MAX_INPUT_CHARS]),

@@ -49,6 +49,7 @@ FAMILIES = {
     "quick_answer_repeat": lambda: 'The answer is "' * 40_000,
     "nested_parens": lambda: "(" * 100_000 + "1" + ")" * 100_000,
     "long_tuple": lambda: "(" + ",".join(["1"] * 150_000) + ")",
+    "long_tuple_distinct": lambda: "(" + ",".join(f"\\frac{{1}}{{{i}}}" for i in range(1, 20_001)) + ")",
     "mixed_case_1mb": lambda: _mixed_case(MB),
     "oxed_upper_1mb": lambda: "\\boxed{1} " + "\\BOXED{ab" * (MB // 9),
     "spaces_dots": lambda: " ." * 200_000 + " " * 200_000 + "." * 200_000,

@@ -387,6 +387,7 @@ def test_zero_area_box_gets_the_cells_it_touches():
     # one that clamps onto the image edge touches nothing: rejected with a reason
     res = read_v1g([_row("off", regions=json.dumps({"<obj1>": [201, 20, 202, 60], "<obj2>": [0, 0, 5, 5]}))])
     assert res.bad[0].field == "regions" and "touches no cell" in res.bad[0].reason
+    assert "after clamping: box of '<obj1>' [201, 20, 202, 60] clamped to [200, 20, 200, 60]" in res.bad[0].reason
 
 
 def test_image_check_is_header_only_and_names_the_problem(tmp_path):

@@ -286,8 +286,9 @@ def validation_errors(
         elif x1 < 0 or y1 < 0 or x2 > w or y2 > h:
             err("regions", f"box of {key!r} {[x1, y1, x2, y2]} lies outside the {w}x{h} image")
         elif (x1 == x2 or y1 == y2) and not _zero_area_cells(rec.image_size, [x1, y1, x2, y2]):
+            note = next((n for n in rec.clamped if n.startswith(f"box of {key!r} ")), None)
             err("regions", f"box of {key!r} {[x1, y1, x2, y2]} has zero area and lies on a cell boundary, "
-                           f"so it touches no cell")
+                           f"so it touches no cell" + (f" (after clamping: {note})" if note else ""))
         if key not in trace:
             err("regions", f"region key {key!r} never occurs in the assistant text")
 

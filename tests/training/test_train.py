@@ -251,8 +251,8 @@ def _pids_with(fragment: str) -> list[int]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
 def test_killing_the_launcher_stops_its_ranks(toy, tmp_path):
-    """`kill -9` of the process that called train_data_parallel must not leave torchrun ranks training on (they
-    would share the output directory with a resumed run)."""
+    """`kill -9` of the process that called train_data_parallel must not leave its ranks training on (they would
+    share the output directory with a resumed run)."""
     import signal
     import time
     from dataclasses import asdict
@@ -269,10 +269,10 @@ def test_killing_the_launcher_stops_its_ranks(toy, tmp_path):
     marker = str(tmp_path / "out" / OPTIONS_FILE)
     try:
         deadline = time.time() + 300
-        while len(_pids_with(marker)) < 3 and time.time() < deadline:  # torchrun + 2 ranks
+        while len(_pids_with(marker)) < 2 and time.time() < deadline:  # the 2 ranks
             assert launcher.poll() is None, "launcher exited before its ranks started"
             time.sleep(0.5)
-        assert len(_pids_with(marker)) >= 3, _pids_with(marker)
+        assert len(_pids_with(marker)) >= 2, _pids_with(marker)
         launcher.send_signal(signal.SIGKILL)
         launcher.wait()
         deadline = time.time() + 60

@@ -29,6 +29,7 @@ from PIL import Image
 from . import geometry
 from .data.v1g import V1GError, V1GRecord, expand_regions, training_view
 from .geometry import MergedGrid
+from .images import to_rgb
 from .processing import IMAGE_PAD, PointCopyProcessor
 from .tokens import encode_with_pointers
 
@@ -71,7 +72,7 @@ class GroundedSample:
         unreadable, truncated or not of size ``image_size``), resized as the official trainer does."""
         opened = record.open_image()
         try:
-            image = opened.convert("RGB")  # decodes every pixel: a file cut after its header fails here
+            image = to_rgb(opened)  # decodes every pixel: a file cut after its header fails here
         except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, zlib.error, ... for damaged data
             raise V1GError(record.id, "image", f"cannot decode image: {type(e).__name__}: {e}") from e
         finally:

@@ -121,7 +121,7 @@ class _FakeJudge(BaseHTTPRequestHandler):
         else:
             tail = prompt.rsplit("[Standard Answer]: ", 1)[1]
             gold, rest = tail.split("\n[Model_answer] : ", 1)
-            ext = rest.split("\nJudgement: ")[0]
+            ext = rest.split("\nJudgement:")[0]
             # first reply to a judge prompt is chatty: the scorer must ask again until it reads 0 or 1
             n_same = sum(1 for c in type(self).calls if c["body"]["messages"][0]["content"] == prompt)
             reply = "I think so" if n_same == 1 else ("Judgement: 1" if gold.strip() == ext.strip() else "0")

@@ -93,10 +93,16 @@ def test_subset_coverage_and_empty_file(mathv_root, official_rows, tmp_path, cap
     assert json.loads((tmp_path / "o" / "summary_strict.json").read_text())["coverage"] == cover
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    assert _score("mathvision", empty, "--data", mathv_root, "--out", tmp_path / "e") == 2
+    with pytest.raises(SystemExit) as exc:  # refused while parsing the arguments
+        _score("mathvision", empty, "--data", mathv_root, "--out", tmp_path / "e")
+    assert exc.value.code == 2 and "empty file" in capsys.readouterr().err
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text("\n  \n")
+    assert _score("mathvision", blank, "--data", mathv_root, "--out", tmp_path / "e") == 2
     assert "no prediction rows" in capsys.readouterr().err
-    assert _score("mathvision", preds, "--data", mathv_root, "--out", empty) == 2
-    assert "is a file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        _score("mathvision", preds, "--data", mathv_root, "--out", empty)
+    assert exc.value.code == 2 and "is a file" in capsys.readouterr().err
 
 
 def test_lone_surrogates_are_written_and_read_back(mathv_root, official_rows, tmp_path):
@@ -116,7 +122,8 @@ def test_lone_surrogates_are_written_and_read_back(mathv_root, official_rows, tm
     assert json.loads((out / "summary.json").read_text())["coverage"]["predictions"] == 1
 
 
-def test_a_crash_while_writing_leaves_the_previous_outputs(mathv_root, official_rows, tmp_path, monkeypatch):
+def test_a_crash_while_writing_leaves_the_previous_outputs(mathv_root, official_rows, tmp_path, monkeypatch,
+                                                           capsys):
     out = tmp_path / "o"
     assert _score("mathvision", _write_jsonl(tmp_path / "a.jsonl", official_rows[:30]), "--data", mathv_root,
                   "--out", out) == 0
@@ -130,9 +137,9 @@ def test_a_crash_while_writing_leaves_the_previous_outputs(mathv_root, official_
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", failing_fsync)
-    with pytest.raises(OSError, match="No space"):
-        _score("mathvision", _write_jsonl(tmp_path / "b.jsonl", official_rows[:60]), "--data", mathv_root,
-               "--out", out)
+    code = _score("mathvision", _write_jsonl(tmp_path / "b.jsonl", official_rows[:60]), "--data", mathv_root,
+                  "--out", out)
+    assert code == 2 and "No space left on device" in capsys.readouterr().err and len(calls) == 3
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert after == before  # no torn file, no new file beside old ones, no temp files left behind
 
@@ -217,3 +224,13 @@ def test_judge_does_not_follow_redirects_with_the_key(tmp_path):
     finally:
         srv.shutdown()
     assert seen == [("/v1/chat/completions", "Bearer sk-x")]
+
+
+def test_mathverse_judge_free_report_says_it_is_not_the_official_scoring(benchmarks_path, tmp_path):
+    root = benchmarks_path / "mathverse"
+    bench = data.load_mathverse(root, "testmini_text_only")
+    sid = next(iter(bench.items))
+    preds = _write_jsonl(tmp_path / "p.jsonl", [{"sample_index": sid, "response": "So the answer is B."}])
+    assert _score("mathverse", preds, "--data", root, "--split", "testmini_text_only", "--out", tmp_path / "o") == 0
+    report = (tmp_path / "o" / "report.md").read_text()
+    assert "not the official `--quick_match`" in report

@@ -318,6 +318,8 @@ def _score(args, bench, preds, dropped) -> int:
 def scoring_notes(args, *, n_rows: int, n_split: int, timeouts: int) -> list[str]:
     """Report notes every scored run shares (`pointcopy score` and `pointcopy eval`)."""
     notes = []
+    if args.benchmark == "mathverse" and args.mathverse_mode == "deterministic":
+        notes.append(mathverse.DETERMINISTIC_NOTE)
     if n_rows != n_split:
         notes.append(f"predictions cover {n_rows} of {n_split} items; totals are over the predictions")
     if timeouts:

@@ -99,7 +99,13 @@ def read_config_dict(path: str | os.PathLike, **hub_kwargs) -> dict:
         raise ValueError(f"{path}: no config.json; not a pointcopy, official v1 or Qwen2.5-VL checkpoint directory")
     from transformers.utils import cached_file
 
-    return json.loads(Path(cached_file(str(path), "config.json", **hub_kwargs)).read_text())
+    try:
+        found = cached_file(str(path), "config.json", **hub_kwargs)
+    except OSError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FileNotFoundError(f"{path}: no such local directory, and no hub model could be fetched under that "
+                                f"name ({reason})") from None
+    return json.loads(Path(found).read_text())
 
 
 def config_from_official(d: dict, **overrides) -> PointCopyConfig:

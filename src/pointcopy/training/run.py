@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from ..collate import GroundedCollator
+from ..options import check_minimums
 
 logger = logging.getLogger(__name__)
 RUN_OPTIONS_FILE = "run_options.json"
@@ -97,6 +98,17 @@ class TrainOptions:
     model_overrides: dict = field(default_factory=dict)
     progress: bool = True
 
+    def __post_init__(self):
+        check_minimums(self, {"batch_size": 1, "grad_accum": 1, "learning_rate": 0, "vision_lr_scale": 0,
+                              "warmup_ratio": 0, "weight_decay": 0, "max_grad_norm": 0, "save_steps": 1,
+                              "save_total_limit": 1, "logging_steps": 1, "eval_steps": 1, "lora_r": 1,
+                              "lora_alpha": 1, "lora_dropout": 0, "max_side": 28, "max_length": 1,
+                              "length_chunks": 1, "threads": 1}, exclusive=("learning_rate",))
+        if self.max_steps <= 0:  # an epoch-based run
+            check_minimums(self, {"num_train_epochs": 0}, exclusive=("num_train_epochs",))
+        if not self.train_data:
+            raise ValueError("train_data (--train-data) names no file")
+
 
 def load_model_and_processor(spec: str, seed: int = 0, **overrides):
     """A preset name builds a fresh tiny model (initialised from `seed`) + tokenizer locally; anything else loads
@@ -106,6 +118,9 @@ def load_model_and_processor(spec: str, seed: int = 0, **overrides):
     if spec in PRESETS:
         return build_preset(spec, seed=seed, **overrides)
     from ..model import PointCopyForConditionalGeneration
+    from ..model.convert import check_model_source
+
+    check_model_source(spec)  # a mistyped directory: one line, not a hub lookup
     from ..processing import PointCopyProcessor
 
     model = PointCopyForConditionalGeneration.from_pretrained(spec, **overrides)

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import argparse
 
-from .args import nonnegative_int
+from .args import nonnegative_int, output_dir
 from .shapes import add_recipe_arguments, recipe_from
 
 ABLATION_DEFAULTS = dict(steps=400, test_items=120)  # 9 trainings of 2.2-3 min + 3 warm-ups of ~45 s + 12 evaluations
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--root", default="runs/ablation")
+    parser.add_argument("--root", type=output_dir, default="runs/ablation")
     parser.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0, 1, 2])
     add_recipe_arguments(parser)
     parser.set_defaults(**ABLATION_DEFAULTS)

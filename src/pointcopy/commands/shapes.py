@@ -14,7 +14,7 @@ import shutil
 import typing
 from pathlib import Path
 
-from .args import positive_int
+from .args import output_dir, positive_int
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +43,7 @@ def recipe_from(args):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("stage", choices=["data", "train", "eval", "all"])
-    parser.add_argument("--root", default="runs/shapes", help="working directory (data/, runs/)")
+    parser.add_argument("--root", type=output_dir, default="runs/shapes", help="working directory (data/, runs/)")
     parser.add_argument("--variant", default="copy", choices=["copy", "coord", "nocopy"])
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--model", help="model directory to evaluate (default: the trained run's final/)")

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from ..collate import GroundedCollator
+from ..files import write_atomic
 from ..options import check_minimums
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,8 @@ class TrainOptions:
             check_minimums(self, {"num_train_epochs": 0}, exclusive=("num_train_epochs",))
         if not self.train_data:
             raise ValueError("train_data (--train-data) names no file")
+        if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
+            raise ValueError(f"output_dir (--output-dir) {self.output_dir} is a file, not a directory")
 
 
 def load_model_and_processor(spec: str, seed: int = 0, **overrides):
@@ -396,7 +399,7 @@ def train(options: TrainOptions) -> dict:
         to_save = final.merge_and_unload() if options.lora and options.merge_lora else final
         to_save.save_pretrained(final_dir)
         processor.save_pretrained(final_dir)
-        (out / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        write_atomic(out / "train_summary.json", json.dumps(summary, indent=1, default=str))
     return summary
 
 

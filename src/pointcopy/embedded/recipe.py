@@ -24,55 +24,56 @@ RECIPE_FILE = "RECIPE.json"
 
 @dataclass(frozen=True)
 class ShapesRecipe:
-    train_items: int = 16000  # 4,000 scenes seen 8 times: attributes read 0.85 on training vs 0.76 on new scenes
+    # Fewer scenes seen more often are read better in training than new scenes are
+    # (measurements: docs/embedded-world.md#training-scenes).
+    train_items: int = 16000
     test_items: int = 300
     train_seed: int = 1
     test_seed: int = 2
     min_objects: int = 3
     max_objects: int = 8
-    # Per-cell background tint (SceneConfig.position_tint). Off: at 1,500 steps it did not help (held-out answer
-    # 0.44 with a step of 8, 0.38 with 16, vs 0.41 plain; region IoU 0.88-0.89 in all three).
+    # Per-cell background tint (SceneConfig.position_tint). Off: it did not help answers or regions
+    # (measurements: docs/embedded-world.md#position-tint).
     position_tint: int = 0
-    # Every merged cell shows at most one object (SceneConfig.exclusive_cells), so each copy is one object's evidence.
+    # Every merged cell shows at most one object (SceneConfig.exclusive_cells), so each copy is one object's evidence
+    # (measurements: docs/embedded-world.md#cells-of-their-own).
     exclusive_cells: bool = True
-    # 1,100 steps: `shapes train` took 8 min 33 s in all from a fresh root on a fast hour (0.40 s/step with two
-    # processes, length chunks and the levers below) and 9 min 51 s on a slow one (0.455 s/step; README, "Training
-    # time"): inside the 10 minutes the embedded default is given, barely at this machine's slowest. Seeds 0-3
-    # answered 0.833 / 0.793 / 0.813 / 0.853 on 300 held-out scenes (without the relation carry 0.813 / 0.810 /
-    # 0.790 / 0.833; that trace at --steps 1300, 10-11 min, 0.870 / 0.870 / 0.887 / 0.910 from the same warm-ups).
+    # As many steps as fit the 10 minutes of `shapes train` the embedded default is given (from a fresh root, with
+    # the levers below); more steps would still raise accuracy (measurements: docs/embedded-world.md#steps).
     steps: int = 1100
     batch_size: int = 16
-    # 4.5e-3 did not rescue the seed that missed the late skills (seed 1: 0.700 vs 0.693).
+    # A higher rate did not rescue a seed that missed the late skills
+    # (measurements: docs/embedded-world.md#learning-rate).
     learning_rate: float = 3e-3
     vision_lr_scale: float = 0.5
-    # Freeze the (randomly initialised) vision tower: a linear probe reads colour from its merger output at 0.88,
-    # but after training it with the LM only at 0.47 -- the pointer and answer losses wash colour out (attribute
-    # accuracy 0.14 trained vs 0.72 frozen, same budget). Also ~15% faster per step.
+    # Freeze the (randomly initialised) vision tower: trained with the LM, the pointer and answer losses wash colour
+    # out of its features; frozen, steps are also cheaper
+    # (measurements: docs/embedded-world.md#frozen-tower-and-warm-up).
     freeze: str | None = r"model\.visual\."
     # Perception warm-up (embedded.perception) of the vision tower before it is frozen: steps of batch 32 scenes.
     vision_warmup_steps: int = 300
     warmup_ratio: float = 0.05
     lr_scheduler: str = "cosine"
     threads: int = 2  # in total: with `processes` > 1 each process gets threads / processes
-    # Data-parallel ranks (training.parallel, gloo). 2 x 1 thread ran 1.17x faster than 1 x 2 threads in
-    # `benchmarks/data_parallel.py` (60-step runs, medians of 3); over a full run the gain was smaller (0.372 s/step
-    # over 1,700 steps vs 0.384 for the earlier single-process 1,500-step run).
+    # Data-parallel ranks (training.parallel, gloo): on 2 cores two ranks of one thread step faster than one rank of
+    # two threads (`benchmarks/data_parallel.py`; measurements: docs/embedded-world.md#processes-and-threads).
     processes: int = 2
-    # Length-grouped batches pad ~25% less (~1.35x faster per step) but, measured at 2,000 steps, answer accuracy
-    # fell from 0.56 to 0.34: batches of one scene size (and mostly one family) train much worse here.
+    # Length-grouped batches pad less and step faster, but batches of one scene size (and mostly one family) train
+    # much worse here (measurements: docs/embedded-world.md#length-grouping-rejected).
     group_by_length: bool = False
     # Each rank's 8 rows run as 3 length-sorted sub-batches (training/chunks.py): the same batches and gradients
-    # with ~23% less padding computed; 0.74-0.79x the step time in `benchmarks/shapes_step.py`.
+    # with less padding computed, so shorter steps (measurements: docs/embedded-world.md#length-chunks).
     length_chunks: int = 3
-    # Deal each global batch of 16 to the two ranks by length (training/sampling.py), so neither waits long:
-    # 0.88x the time of 200 two-process steps with random assignment.
+    # Deal each global batch of 16 to the two ranks by length (training/sampling.py), so neither waits long for the
+    # other (measurements: docs/embedded-world.md#rank-balancing).
     balance_ranks: bool = True
-    # z-loss over the full partition function instead of the official top-40 one: the top-k cost 5-10% of a step on
-    # CPU (0.953x with it replaced, `benchmarks/shapes_step.py`); logsumexp over all ~1,100 logits is ~10x cheaper.
-    # Not switched off: at the end of training it is ~20% of the loss (0.0025 of 0.013), so it shapes the logits.
+    # z-loss over the full partition function instead of the official top-40 one: on CPU the top-k is a noticeable
+    # part of a step, a logsumexp over all logits far cheaper. Not switched off: late in training it is a sizeable
+    # part of the loss, so it shapes the logits (measurements: docs/embedded-world.md#z-loss-over-the-full-partition).
     z_loss_top_k: int = 0
-    # Prompt without Qwen's default system block ("You are a helpful assistant.", 27 tiny-tokenizer tokens): rows
-    # 0.9x as long. The chat template is saved with every checkpoint, so evaluation and the demo prompt alike.
+    # Prompt without Qwen's default system block ("You are a helpful assistant."): it only makes every row longer
+    # (measurements: docs/embedded-world.md#no-default-system-prompt). The chat template is saved with every
+    # checkpoint, so evaluation and the demo prompt alike.
     default_system_prompt: bool = False
     model_seed: int = 0
     eval_batch_size: int = 16

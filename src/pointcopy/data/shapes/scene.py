@@ -13,16 +13,17 @@ the PNG bytes are a pure function of the scene):
 * rubber (matte) -> flat fill; metal (shiny) -> the fill, a near-black rim (the glyph's outer ``RIM_PX`` pixels)
   and a white specular highlight in the upper-left interior, both inside the glyph so the box stays exact. The
   highlight alone (255 vs the background's ~236) looks like a hole to a 14-px patch embedding, and only the
-  cells holding the object's upper-left part see it: a linear probe of the object's cells read material at 0.58
-  after 200 perception steps (chance 0.5). The rim runs along the whole silhouette, so every cell an object
-  touches sees it, and no colour of the palette is that dark.
+  cells holding the object's upper-left part see it, so the object's cells barely tell material apart
+  (measurements: docs/embedded-world.md#metal-rim). The rim runs along the whole silhouette, so every cell an
+  object touches sees it, and no colour of the palette is that dark.
 
 A box is ``(x0, y0, x1, y1)`` in pixel *edges* (half-open: the object's pixels are ``x0 <= x < x1``); it is the
 tight bounding box of the drawn pixels. Objects are kept ``gap`` px apart (box to box) and inside the image.
 Object ids are 1-based in the raster order of their *first merged cell* (the lowest copy slot of the object's cells
 under the official box -> cell rule), ties broken by centre x then centre y — the order in which traces enumerate
 them. The first pointer of each enumerated object therefore never goes back: ordering by the centre's cell row
-instead made that sequence non-monotone in 188 of 300 scenes, and the model duplicated or skipped objects.
+instead made that sequence non-monotone in most scenes, and the model duplicated or skipped objects
+(measurements: docs/embedded-world.md#object-order).
 """
 
 from __future__ import annotations
@@ -83,13 +84,15 @@ class SceneConfig:
         exclusive_cells: no merged cell (``CELL`` px square) holds parts of two objects, so every cell a pointer
             copies for an object shows that object alone. Each glyph is then placed inside a block of
             ``ceil(side / CELL)`` cells per axis (at a random offset within it). With objects free to straddle
-            cells, 58% of objects shared a cell with a neighbour, and the shipped model misread their attributes
-            about twice as often as those of objects with cells of their own (size 0.21 vs 0.09, colour 0.26 vs
-            0.14, shape 0.34 vs 0.16 of objects); 55-72% of those wrong words were the cell-sharer's.
+            cells, many objects share a cell with a neighbour, and a model misreads those objects' attributes
+            far more often, mostly as the neighbour's words
+            (measurements: docs/embedded-world.md#cells-of-their-own).
         position_tint: per-cell background tint step (0 = plain background). The merged cell in row r, column c
             is filled with ``BACKGROUND - position_tint * (c, r, 0)``, like graph paper with coloured squares:
             Qwen2.5-VL's vision tower has no absolute position embedding (only 2-D rotary attention), so without
-            it two identical objects give identical patch features and the pointer cannot tell them apart.
+            it two identical objects give identical patch features and the pointer cannot tell them apart. (The
+            shapes-tiny recipe leaves it off: it did not help there; measurements:
+            docs/embedded-world.md#position-tint.)
     """
 
     min_objects: int = 3

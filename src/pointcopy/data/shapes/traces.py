@@ -21,9 +21,9 @@ The trace is written so that every decision a small model has to make is *local*
   colour, ``shiny``/``matte``, shape: the attributes the answer depends on are supervised right after the copy),
   then one mark per step: each of the step's canonical words beside the object's own word for that attribute
   and their verdict (``matte shiny not``), ``yes``/``no`` (does the object count for the step: every verdict is
-  ``equal`` and, for a second subtraction hop, it was not removed by the first) and the step's running count. Choosing the *set*
-  of matching objects in one go was what an earlier layout (a ``detect`` call per step listing the objects)
-  failed at: 0.1 of steps right, answer accuracy 0.34;
+  ``equal`` and, for a second subtraction hop, it was not removed by the first) and the step's running count.
+  Choosing the *set* of matching objects in one go (an earlier layout: a ``detect`` call per step listing the
+  objects) is a decision a small model failed to learn (measurements: docs/embedded-world.md#marks-with-words);
 * step lines read the last running count and spell out the arithmetic; a comparison states the question's
   relation word on its own line under the plan (``Compare: fewer.``, read from the question just above), carries
   it at the end of every object line (``... no 0. Compare: fewer``) and repeats it before the comparison
@@ -81,7 +81,8 @@ def canonical_words(f: Filter) -> str:
     """A filter in the enumeration's own words and order (size colour material shape): ``small matte sphere``.
 
     (Four aligned slots with ``-`` for "any" -- ``small - matte sphere`` -- were tried: the repeated ``-`` tokens
-    defeat copying the slots from line to line, and held-out answer accuracy fell from 0.34 to 0.27.)
+    defeat copying the slots from line to line, and answers got worse; measurements:
+    docs/embedded-world.md#canonical-words.)
     """
     attrs = dict(f.attrs)
     return " ".join(_word(a, attrs[a]) for a in ATTR_ORDER if a in attrs)
@@ -93,9 +94,8 @@ def _comparison(f: Filter, o: SceneObject) -> str:
 
     Each verdict compares the two words just before it, and the step's yes/no then only has to see whether any
     verdict of its mark is ``not``. With the pairs written ``small = large matte = matte`` and no verdicts, yes/no
-    had to check every pair at once: the shipped model of that layout (seed 0, 1,500 steps, cells of their own)
-    wrote a wrong yes/no with every description right in 35 of its 300 held-out answers (0.727 answered right);
-    with the verdicts, 1 (0.847). Same token count: each ``=`` became a verdict after the pair."""
+    had to check every pair at once, and a wrong yes/no beside right descriptions was a common error
+    (measurements: docs/embedded-world.md#verdicts). Same token count: each ``=`` became a verdict after the pair."""
     attrs = dict(f.attrs)
     pairs = ((_word(a, attrs[a]), _word(a, o.attr(a))) for a in ATTR_ORDER if a in attrs)
     return " ".join(f"{want} {have} {'equal' if want == have else 'not'}" for want, have in pairs)
@@ -118,22 +118,20 @@ def _marks(scene: Scene, steps: list[Step], asked: str | None = None) -> dict[in
 
     Repeating a step's words on every line keeps the decisions local: the words are copied from the line above
     (or the plan), each is paired with the same attribute's word of the description just written and judged
-    (see :func:`_comparison`), and yes/no only reads the verdicts. (Marks without the words -- ``yes 1, no 0`` -- had to match against the plan line
-    ~100 tokens back: 0.76 of marks right. With the words but no pairs -- ``small matte sphere no 0`` -- the
-    model had to find each word among the description's and was right 0.87 of the time even when the description
-    was right, answer accuracy 0.47; with the pairs 0.99 and 0.59; same data, 1,500 steps and seed.) A step's
-    yes-set is ``Step.objects`` (for a second subtraction hop: its matches still left), so the last running count
-    of a step is the number its step line states.
+    (see :func:`_comparison`), and yes/no only reads the verdicts. (Marks without the words -- ``yes 1, no 0`` --
+    had to match against the plan line ~100 tokens back; with the words but no pairs --
+    ``small matte sphere no 0`` -- the model had to find each word among the description's. Both got fewer marks
+    right; measurements: docs/embedded-world.md#marks-with-words.) A step's yes-set is ``Step.objects`` (for a
+    second subtraction hop: its matches still left), so the last running count of a step is the number its step
+    line states.
 
     For an attribute question (``asked`` = the asked attribute) the one matching object's mark also states the
     answer, read from the attribute words on its own line: ``large large equal yes 1. It is red``, and every
     later object's mark carries it, like the running count (``small large not no 1. It is red``). The step line
     then copies it from the line just above. (Naming the object there and looking up its colour in its line ~60
-    tokens back answered attribute questions right 0.33-0.35 of the time. Stating the answer only on the
-    matching object's mark, so that the step line had to find the trace's one earlier ``It is``, was a late
-    skill some seeds missed at 1,300 steps: attribute 0.81 / 0.36 / 0.97 / 1.00 with seeds 0-3; carried, from
-    the same warm-ups, 0.97 / 0.96 / 1.00 / 1.00 and answers 0.827 / 0.740 / 0.897 / 0.887 -> 0.870 / 0.870 /
-    0.887 / 0.910. An earlier trial of the carry, before comparisons were verdicts, had cost comparisons.)
+    tokens back, or stating the answer only on the matching object's mark so that the step line had to find the
+    trace's one earlier ``It is``, were late skills some seeds never learned; measurements:
+    docs/embedded-world.md#attribute-answer-carried.)
     """
     counts = [0] * len(steps)
     answer = None  # an attribute question's answer, carried on every mark from its object on
@@ -159,11 +157,8 @@ def trace_text(scene: Scene, q: Question) -> str:
         lines.append(f"{RELATION_PREFIX}{q.relation}.")
     marks = _marks(scene, steps, q.asked if q.family == "attribute" else None)
     # A comparison's relation word is carried on every object line, like an attribute question's answer, so the
-    # comparison line below copies it from a few lines up instead of from the line under the plan. (Copying it
-    # from there was a late skill: with the recipe's 1,100 steps, seed 2 wrote the other word in 13 of its 23 wrong
-    # comparisons, seeds 0, 1 and 3 never; the relation line itself was right every time. Carried, from the same
-    # warm-ups: comparisons 0.81 / 0.84 / 0.69 / 0.88 -> 0.91 / 0.80 / 0.87 / 0.91 with seeds 0-3, answers 0.812 ->
-    # 0.823 on average; rows 1.031x the tokens, the step no slower within noise.)
+    # comparison line below copies it from a few lines up instead of from the line under the plan, a late skill
+    # some seeds missed (measurements: docs/embedded-world.md#relation-line-and-its-carry).
     carry = f". {RELATION_PREFIX}{q.relation}" if q.family == "compare" else ""
     lines += [f"{_call(ENUM_QUERY, (o.id,), STEP_CALL)} {describe(o)}: {marks[o.id]}{carry}" for o in scene.objects]
     n = len(scene.objects)
@@ -183,13 +178,12 @@ def trace_text(scene: Scene, q: Question) -> str:
         ka, kb = (len(s.objects) for s in steps)
         lines += [f"{s.query}: {len(s.objects)}." for s in steps]
         # The relation line again, then the comparison: yes/no is decided where the word and the sign are both in
-        # view. With the word only after the sign (``3 > 1: more yes.``) and nowhere in the trace before, the
-        # shipped model of that layout wrote the word the sign suggests instead of the question's in 10 of its 46
-        # wrong held-out answers; after the repeated prefix the word is a copy of the line under the plan.
+        # view. With the word only after the sign (``3 > 1: more yes.``) and nowhere in the trace before, a model
+        # wrote the word the sign suggests instead of the question's; after the repeated prefix the word is a copy
+        # of the line under the plan (measurements: docs/embedded-world.md#relation-line-and-its-carry).
         # The yes/no is then decided like a mark: the question's word paired with the sign's own word and their
         # verdict (``2 < 4: fewer fewer equal yes``). Deciding it from the word and the sign directly (``2 < 4:
-        # yes``) was the late skill two of four seeds missed at 1,300 steps (comparison 0.67 / 0.69); with the
-        # verdict the same seeds and warm-ups reached 0.91 / 0.92, answers 0.693 -> 0.740 and 0.867 -> 0.887.
+        # yes``) was a late skill some seeds missed (measurements: docs/embedded-world.md#comparison-verdict).
         sign, sign_word = (">", "more") if ka > kb else ("<", "fewer") if ka < kb else ("=", "same")
         holds = sign_word == q.relation  # the question's relation is the counts' own: the verdict and the answer
         result = "yes" if holds else "no"

@@ -4,7 +4,8 @@ Items are returned as plain dicts in each benchmark's own official field layout 
 files line up field for field), plus two fields added here:
   `image_path`  absolute path of the item's image, or None when the item has no image;
   `image_missing` True when the item names an image that is not on disk (reported per item, never an error).
-Loaders take a data directory and detect the layout; see `load(benchmark, data_dir)`.
+Loaders take a data directory and detect the layout. Which loader, id key, splits and gold fields belong to which
+benchmark is recorded once, in its spec (`pointcopy.eval.registry`): `registry.get(name).load(data_dir, split)`.
 """
 
 from __future__ import annotations
@@ -13,17 +14,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
-
-BENCHMARKS = ("mathvista", "mathvision", "mathverse")
-# the id field of each benchmark's items, as the official files spell it
-ID_KEYS = {"mathvision": "id", "mathvista": "pid", "mathverse": "sample_index"}
-# fields that decide whether an answer is right: a scorer takes them from the benchmark data only, never from a
-# predictions row (official output files repeat the item, and a row could otherwise carry its own gold answer)
-GOLD_FIELDS = {
-    "mathvision": ("answer", "options", "question"),
-    "mathvista": ("answer", "choices", "question_type", "answer_type", "precision", "unit", "question", "query"),
-    "mathverse": ("answer", "choices", "question_type", "question", "query_wo", "query_cot", "precision", "unit"),
-}
 
 
 @dataclass
@@ -177,17 +167,6 @@ def load_mathverse(data_dir: str | Path, split: str = "testmini") -> Benchmark:
                 items[str(it["sample_index"])] = it
             return _finish("mathverse", split, items, cand.parent)
     raise FileNotFoundError(f"MathVerse {split}: no data/{split}.json under {root}")
-
-
-def load(benchmark: str, data_dir: str | Path, split: str | None = None) -> Benchmark:
-    """Load by name; `split` defaults to testmini (MathVista, MathVerse) or test (MATH-V)."""
-    if benchmark == "mathvista":
-        return load_mathvista(data_dir, split or "testmini")
-    if benchmark == "mathvision":
-        return load_mathvision(data_dir, split or "test")
-    if benchmark == "mathverse":
-        return load_mathverse(data_dir, split or "testmini")
-    raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {BENCHMARKS}")
 
 
 def jsonl_text(rows: Iterable[dict]) -> str:

@@ -2,37 +2,35 @@
 
 Generation (`eval.runner`) appends to OUTDIR/predictions.jsonl and resumes after any interruption; settings are
 recorded in OUTDIR/run.json and a rerun with different settings is refused. Scoring then runs over every line of
-predictions.jsonl with `pointcopy score`'s per-benchmark scorers and writes OUTDIR/items.jsonl, summary.json,
-summary_strict.json and report.md; items recorded with a generation error (missing or unreadable image) appear in
-items.jsonl and the report as not scored, like rows `pointcopy score` cannot score.
+predictions.jsonl with `pointcopy score`'s scoring (the benchmark's spec in `eval.registry`) and writes
+OUTDIR/items.jsonl, summary.json, summary_strict.json and report.md; items recorded with a generation error (missing
+or unreadable image) appear in items.jsonl and the report as not scored, like rows `pointcopy score` cannot score.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import sys
 from pathlib import Path
 
-from pointcopy.commands.args import nonnegative_int, output_dir, positive_float, positive_int
-from pointcopy.eval import data, mathvista, runner, safe_math, score_cli
+from pointcopy.commands.args import nonnegative_int, output_dir, positive_int
+from pointcopy.eval import data, registry, runner, score_cli
+from pointcopy.eval.registry import BenchmarkSpec
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("benchmark", choices=data.BENCHMARKS)
+def add_arguments(p) -> None:
+    p.add_argument("benchmark", choices=registry.names())
     p.add_argument("--model", required=True, help="checkpoint directory or hub id (pointcopy, official v1, or base "
                    "Qwen2.5-VL, which is converted; a plain Qwen2.5-VL with --baseline-qwen)")
     p.add_argument("--data", type=Path, required=True, help="benchmark data directory (e.g. shared/benchmarks/"
                    "mathvision)")
     p.add_argument("--out", type=output_dir, required=True, help="output directory (resumed if it holds this run)")
-    p.add_argument("--split", default=None, help="split (default: test for MATH-V, testmini otherwise; MathVerse: "
-                   "testmini | testmini_text_only | public_subset)")
+    p.add_argument("--split", default=None, help=registry.split_help())
     p.add_argument("--limit", type=nonnegative_int, default=None, help="only the first N items of the split")
     p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--max-new-tokens", type=positive_int, default=1024)
-    p.add_argument("--prompt", default=None, help="prompt mode: MATH-V cot (default) | direct; MathVista query "
-                   "(official zero-shot, default); MathVerse wo (default) | cot")
+    p.add_argument("--prompt", default=None, help=registry.prompt_help())
     kind = p.add_mutually_exclusive_group()
     kind.add_argument("--baseline-qwen", action="store_true", help="run a plain transformers Qwen2.5-VL")
     kind.add_argument("--no-pointing", action="store_true", help="load the pointcopy model with pointing disabled")
@@ -42,11 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-score", action="store_true", help="generate only")
-    # scoring options (as in `pointcopy score`)
-    p.add_argument("--integer-rule", choices=mathvista.INTEGER_RULES, default="current")
-    p.add_argument("--mathverse-mode", choices=("deterministic", "judge"), default="deterministic")
-    p.add_argument("--math-backend", choices=("native", "latex2sympy2"), default="native")
-    p.add_argument("--timeout", type=positive_float, default=safe_math.DEFAULT_TIMEOUT_S, help="per-item math time limit, s")
+    score_cli.add_scoring_arguments(p)  # scoring options, as in `pointcopy score`
 
 
 def _settings(args, split: str, prompt: str, kind: str) -> dict:
@@ -72,19 +66,15 @@ def _info(args, model, device: str) -> dict:
                          "transformers": transformers.__version__, "python": platform.python_version()}}
 
 
-def score_run(args, bench: data.Benchmark, rows: list[dict]) -> tuple[int, int, int]:
-    """Score predictions rows with `pointcopy score`'s scorers; rows carrying a generation error are reported as
+def score_run(args, spec: BenchmarkSpec, bench: data.Benchmark, rows: list[dict]) -> tuple[int, int, int]:
+    """Score predictions rows with `pointcopy score`'s scoring; rows carrying a generation error are reported as
     not scored. Returns (official correct, strict correct, items)."""
-    key = runner.ID_KEYS[args.benchmark]
+    key = spec.id_key
     generated = [dict(r, _id=str(r[key])) for r in rows if not r.get("error")]
     failed = [r for r in rows if r.get("error")]
-    sargs = argparse.Namespace(re_extract=False, quick_extract=False, llm_extract=False, integer_rule=args.integer_rule,
-                               mathverse_mode=args.mathverse_mode, judge_cache=None, out=args.out,
-                               math_backend=args.math_backend, timeout=args.timeout)
-    scorer = {"mathvision": score_cli.score_mathvision, "mathvista": score_cli.score_mathvista,
-              "mathverse": score_cli.score_mathverse}[args.benchmark]
-    with safe_math.Evaluator(args.timeout, args.math_backend) as ev:
-        items, summary, strict_summary, groups, errors = scorer(sargs, bench, generated, ev)
+    opts = score_cli.options_from_args(args)
+    with opts.evaluator() as ev:
+        items, summary, strict_summary, groups, errors = score_cli.score_rows(spec, bench, generated, opts, ev)
         timeouts = ev.timeouts
     for r in failed:
         rid = str(r[key])
@@ -95,14 +85,14 @@ def score_run(args, bench: data.Benchmark, rows: list[dict]) -> tuple[int, int, 
     errors.sort(key=lambda e: order.get(e["id"], len(order)))
     settings = json.loads((args.out / runner.RUN_JSON).read_text(encoding="utf-8"))["settings"]
     profile = {**settings, "items in predictions": len(rows), "items in split": len(bench),
-               "generation errors": len(failed)}
-    notes = score_cli.scoring_notes(args, n_rows=len(rows), n_split=len(bench), timeouts=timeouts)
+               "generation errors": len(failed), "official-compatible scorer": spec.describe(opts)}
+    notes = score_cli.scoring_notes(spec, opts, n_rows=len(rows), n_split=len(bench), timeouts=timeouts)
     if failed:
         notes.append(f"{len(failed)} items were not generated (missing or unreadable image); they count as not "
                      f"scored, and the official-format summary.json covers only the {len(generated)} generated items")
     cover = score_cli.coverage(len(rows), len(bench), len(errors), {},
                                sum(1 for it in items if it.get("gold_mismatch")))
-    n_ok, n_strict = score_cli.write_outputs(args.out, benchmark=args.benchmark,
+    n_ok, n_strict = score_cli.write_outputs(args.out, benchmark=spec.name,
                                              predictions=str(args.out / runner.PREDICTIONS), items=items,
                                              summary=summary, strict_summary=strict_summary, groups=groups,
                                              errors=errors, profile=profile, notes=notes, cover=cover)
@@ -118,11 +108,10 @@ def run(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     lock = None
     try:
-        bench = data.load(args.benchmark, args.data, args.split)
-        prompt = args.prompt or runner.PROMPT_MODES[args.benchmark][0]
-        if prompt not in runner.PROMPT_MODES[args.benchmark]:
-            raise ValueError(f"--prompt for {args.benchmark} must be one of {runner.PROMPT_MODES[args.benchmark]}, "
-                             f"got {prompt!r}")
+        spec = registry.get(args.benchmark)
+        score_cli.options_from_args(args)  # refuse bad scoring options before generating
+        bench = spec.load(args.data, args.split)
+        prompt = spec.check_prompt_mode(args.prompt)  # --prompt, or the benchmark's default
         if args.limit is not None and args.limit < 0:
             raise ValueError(f"--limit must be >= 0, got {args.limit}")
         if args.batch_size < 1 or args.max_new_tokens < 1:
@@ -143,15 +132,15 @@ def run(args) -> int:
         print(f"pointcopy eval: {exc}", file=sys.stderr)
         return 2
     try:
-        return _generate_and_score(args, bench, model, processor, prompt, settings, resuming)
+        return _generate_and_score(args, spec, bench, model, processor, prompt, settings, resuming)
     finally:
         lock.release()
 
 
-def _generate_and_score(args, bench, model, processor, prompt, settings, resuming) -> int:
+def _generate_and_score(args, spec: BenchmarkSpec, bench, model, processor, prompt, settings, resuming) -> int:
     item_ids = list(bench.items)[: args.limit]
     items = {k: bench.items[k] for k in item_ids}
-    stats = runner.run_generation(model, processor, args.benchmark, items, args.out, prompt_mode=prompt,
+    stats = runner.run_generation(model, processor, spec, items, args.out, prompt_mode=prompt,
                                   suffix=settings["suffix"], batch_size=args.batch_size,
                                   max_new_tokens=args.max_new_tokens, progress=not args.no_progress)
     print(f"generated {stats.generated} items in {stats.seconds:.1f} s ({stats.items_per_second:.2f} items/s), "
@@ -159,8 +148,8 @@ def _generate_and_score(args, bench, model, processor, prompt, settings, resumin
           file=sys.stderr)
     if args.no_score:
         return 0
-    rows = list(runner.PredictionLog(args.out / runner.PREDICTIONS, runner.ID_KEYS[args.benchmark]).load().values())
-    n_ok, n_strict, n = score_run(args, bench, rows)
-    print(f"{args.benchmark}: official-compatible {n_ok}/{n}, strict {n_strict}/{n}, coverage {len(rows)}/"
+    rows = list(runner.PredictionLog(args.out / runner.PREDICTIONS, spec.id_key).load().values())
+    n_ok, n_strict, n = score_run(args, spec, bench, rows)
+    print(f"{spec.name}: official-compatible {n_ok}/{n}, strict {n_strict}/{n}, coverage {len(rows)}/"
           f"{len(bench)} -> {args.out}")
     return 0

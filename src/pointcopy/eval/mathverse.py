@@ -23,6 +23,8 @@ from typing import Iterable
 from pointcopy.eval import strict
 from pointcopy.eval.judge import ChatJudge
 
+MODES = ("deterministic", "judge")  # the first is the default
+
 DETERMINISTIC_NOTE = (
     "MathVerse deterministic mode (judge-free): not the official scoring and not the official `--quick_match` "
     "(that one compares the gold answer with the extraction of the official GPT stage 1). Stage 1 here is "
@@ -205,7 +207,7 @@ def score_item(item: dict, response: str, mode: str = "deterministic", judge: Ch
         return {"extraction": ext, "correct": ext is not None and str(item.get("answer")) == ext,
                 "judge_failed": False}
     if mode != "judge":
-        raise ValueError(f"MathVerse mode must be 'judge' or 'deterministic', got {mode!r}")
+        raise ValueError(f"MathVerse mode must be one of {MODES}, got {mode!r}")
     if judge is None:
         raise ValueError("MathVerse judge mode needs a ChatJudge (set POINTCOPY_JUDGE_* variables)")
     ext = extraction if extraction is not None else llm_extract(judge, response)

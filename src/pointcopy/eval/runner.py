@@ -12,11 +12,11 @@ killed between batches (the only place a kill leaves whole lines behind in pract
 Items whose image is missing or unreadable get a line with `error` and `response: null` and are not generated;
 they count as done (a resume does not retry them).
 
-Row layout: the benchmark's own id key (`id` MATH-V, `pid` MathVista, `sample_index` MathVerse, what
-`pointcopy score` reads), `prompt` (question text sent, suffix included), `response` (pointers as `<|copy_k|>`,
-trailing end-of-turn token removed), `finished` (stopped at end-of-turn rather than the token limit), `n_tokens`,
-`n_copies`, `copied_cells` ([image, row, col] per pointer), `batch_seconds` (wall time of the item's batch) and
-`batch_size` (items generated in it).
+Row layout: the benchmark's own id key (`BenchmarkSpec.id_key`: `id` MATH-V, `pid` MathVista, `sample_index`
+MathVerse, what `pointcopy score` reads), `prompt` (question text sent, from `BenchmarkSpec.prompt`, suffix included),
+`response` (pointers as `<|copy_k|>`, trailing end-of-turn token removed), `finished` (stopped at end-of-turn rather
+than the token limit), `n_tokens`, `n_copies`, `copied_cells` ([image, row, col] per pointer), `batch_seconds` (wall
+time of the item's batch) and `batch_size` (items generated in it).
 """
 
 from __future__ import annotations
@@ -30,12 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pointcopy.eval import data, prompts
+from pointcopy.eval import registry
+from pointcopy.eval.registry import BenchmarkSpec
 from pointcopy.files import dumps, write_atomic
 
-ID_KEYS = data.ID_KEYS
-# prompt modes per benchmark; the first is the default
-PROMPT_MODES = {"mathvision": ("cot", "direct"), "mathvista": ("query",), "mathverse": ("wo", "cot")}
 MODEL_KINDS = ("pointcopy", "pointcopy-no-pointing", "baseline-qwen")
 PREDICTIONS = "predictions.jsonl"
 RUN_JSON = "run.json"
@@ -45,17 +43,7 @@ class RunMismatch(ValueError):
     """OUTDIR holds a run made with different settings (resuming into it would mix two runs)."""
 
 
-# --------------------------------------------------------------------------------------------- prompts, images
-def build_prompt(benchmark: str, item: dict, mode: str) -> str:
-    if mode not in PROMPT_MODES[benchmark]:
-        raise ValueError(f"{benchmark}: prompt mode must be one of {PROMPT_MODES[benchmark]}, got {mode!r}")
-    if benchmark == "mathvision":
-        return prompts.mathvision_query(item, mode)
-    if benchmark == "mathvista":
-        return prompts.mathvista_query(item)
-    return prompts.mathverse_query(item, mode)
-
-
+# --------------------------------------------------------------------------------------------- images
 def load_images(item: dict, item_id: str) -> list:
     """The item's images as RGB PIL images ([] for a text-only item); ValueError naming id and field otherwise."""
     from PIL import Image
@@ -206,22 +194,25 @@ class RunStats:
         return self.generated / self.seconds if self.seconds > 0 else 0.0
 
 
-def run_generation(model, processor, benchmark: str, items: dict[str, dict], out_dir: Path, *, prompt_mode: str,
-                   suffix: str = "", batch_size: int = 8, max_new_tokens: int = 1024, progress: bool = True,
-                   generate_kwargs: dict | None = None) -> RunStats:
-    """Generate for every item of `items` (id -> item, benchmark order) not yet in OUTDIR/predictions.jsonl."""
+def run_generation(model, processor, benchmark: str | BenchmarkSpec, items: dict[str, dict], out_dir: Path, *,
+                   prompt_mode: str | None = None, suffix: str = "", batch_size: int = 8, max_new_tokens: int = 1024,
+                   progress: bool = True, generate_kwargs: dict | None = None) -> RunStats:
+    """Generate for every item of `items` (id -> item, benchmark order) not yet in OUTDIR/predictions.jsonl;
+    `benchmark` is a registered name or a spec, `prompt_mode` one of its prompt modes (default: its default)."""
     from tqdm import tqdm
 
     from pointcopy.inference import generate
 
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
-    id_key = ID_KEYS[benchmark]
+    spec = benchmark if isinstance(benchmark, BenchmarkSpec) else registry.get(benchmark)
+    prompt_mode = spec.check_prompt_mode(prompt_mode)
+    id_key = spec.id_key
     log = PredictionLog(out_dir / PREDICTIONS, id_key)
     done = log.load()
     pending = [k for k in items if k not in done]
     stats = RunStats(total=len(items), skipped=len(items) - len(pending), generated=0, errors=0, seconds=0.0)
-    bar = tqdm(total=len(items), initial=stats.skipped, unit="item", desc=f"{benchmark}", disable=not progress,
+    bar = tqdm(total=len(items), initial=stats.skipped, unit="item", desc=spec.name, disable=not progress,
                dynamic_ncols=True, smoothing=0.1)
     try:
         for start in range(0, len(pending), batch_size):
@@ -232,7 +223,7 @@ def run_generation(model, processor, benchmark: str, items: dict[str, dict], out
             for k in ids:
                 item = items[k]
                 try:
-                    question = build_prompt(benchmark, item, prompt_mode) + suffix
+                    question = spec.prompt(item, prompt_mode) + suffix
                     processor.check_user_text(question, what=f"item {k!r}: prompt")
                 except ValueError as exc:
                     rows[k] = {id_key: _native_id(item, id_key, k), "prompt": None, "response": None,

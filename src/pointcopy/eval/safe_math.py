@@ -518,6 +518,9 @@ def _worker_main() -> None:
 _PLAIN_NUMBER = re.compile(r"-?\d{1,15}(\.\d{1,15})?")
 
 
+BACKENDS = ("native", "latex2sympy2")  # numeric parsers: own safe parser, or latex2sympy2 (optional extra)
+
+
 class Evaluator:
     """Official-value evaluation in a worker process with a per-item time limit and a result cache.
 
@@ -527,7 +530,7 @@ class Evaluator:
     """
 
     def __init__(self, timeout_s: float = DEFAULT_TIMEOUT_S, backend: str = "native"):
-        if backend not in ("native", "latex2sympy2"):
+        if backend not in BACKENDS:
             raise ValueError(f"unknown math backend {backend!r} (native|latex2sympy2)")
         if backend == "latex2sympy2":
             _latex2sympy2_parse("1")  # fail early with ImportError if the optional extra is missing

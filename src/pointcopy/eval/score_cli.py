@@ -14,51 +14,69 @@ and report.md, all atomically (a crash leaves the previous outputs or the new on
 Never imports torch or transformers.
 
 A score cannot be inflated by the predictions file: an id that appears twice is refused (`--keep-first` scores its
-first row and records the dropped ones in `summary.json["coverage"]`); gold fields (`data.GOLD_FIELDS`) come from the
-benchmark data only, and a row that carries a different value is recorded as a gold mismatch; `coverage` says how
-many of the split's items the predictions cover.
+first row and records the dropped ones in `summary.json["coverage"]`); gold fields (`BenchmarkSpec.gold_fields`) come
+from the benchmark data only, and a row that carries a different value is recorded as a gold mismatch; `coverage`
+says how many of the split's items the predictions cover.
+
+Everything benchmark-specific (loader, id keys, splits, gold fields, per-item scorer, summary layout, breakdowns,
+scorer description) comes from the benchmark's spec in `pointcopy.eval.registry`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 from pointcopy.commands.args import existing_file, output_dir, positive_float
-from pointcopy.eval import data, mathverse, mathvision, mathvista, safe_math, strict
+from pointcopy.eval import data, registry, safe_math
+from pointcopy.eval.registry import BenchmarkSpec, ScoreOptions
 from pointcopy.eval.report import breakdown_counts, render_report
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("benchmark", choices=data.BENCHMARKS)
+def add_scoring_arguments(p) -> None:
+    """The scoring options `pointcopy score` and `pointcopy eval` share (-> `ScoreOptions`)."""
+    p.add_argument("--integer-rule", choices=registry.INTEGER_RULES, default="current",
+                   help="MathVista integer normalisation: current int(float(x)) or legacy int(x)")
+    p.add_argument("--mathverse-mode", choices=registry.MATHVERSE_MODES, default=registry.MATHVERSE_MODES[0],
+                   help="MathVerse: judge-free quick match (default) or the official two-stage LLM judge")
+    p.add_argument("--math-backend", choices=registry.MATH_BACKENDS, default="native",
+                   help="MATH-V numeric parser: own safe parser (default) or latex2sympy2 (optional extra)")
+    p.add_argument("--timeout", type=positive_float, default=safe_math.DEFAULT_TIMEOUT_S,
+                   help="per-item math time limit, s")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("benchmark", choices=registry.names())
     p.add_argument("predictions", type=existing_file, help="predictions / official output file")
     p.add_argument("--data", type=Path, required=True, help="benchmark data directory (e.g. shared/benchmarks/"
                    "mathvision)")
     p.add_argument("--out", type=output_dir, required=True, help="output directory")
-    p.add_argument("--split", default=None, help="split (default: test for MATH-V, testmini otherwise; MathVerse: "
-                   "testmini | testmini_text_only | public_subset)")
-    p.add_argument("--integer-rule", choices=mathvista.INTEGER_RULES, default="current",
-                   help="MathVista integer normalisation: current int(float(x)) or legacy int(x)")
+    p.add_argument("--split", default=None, help=registry.split_help())
+    add_scoring_arguments(p)
     p.add_argument("--re-extract", action="store_true", help="ignore stored extractions and extract again")
     p.add_argument("--quick-extract", action="store_true", help='MathVista: also try `The answer is "x".`')
     p.add_argument("--llm-extract", action="store_true", help="MathVista: LLM extraction for items the fast "
                    "paths cannot extract (uses POINTCOPY_JUDGE_* environment variables)")
-    p.add_argument("--mathverse-mode", choices=("deterministic", "judge"), default="deterministic",
-                   help="MathVerse: judge-free quick match (default) or the official two-stage LLM judge")
     p.add_argument("--judge-cache", type=Path, default=None, help="judge cache directory (default OUTDIR/"
                    "judge_cache)")
-    p.add_argument("--math-backend", choices=("native", "latex2sympy2"), default="native",
-                   help="MATH-V numeric parser: own safe parser (default) or latex2sympy2 (optional extra)")
-    p.add_argument("--timeout", type=positive_float, default=safe_math.DEFAULT_TIMEOUT_S, help="per-item math time limit, s")
     p.add_argument("--keep-first", action="store_true", help="an id repeated in the predictions: score its first "
                    "row and record the rest in summary.json (default: refuse the file)")
 
 
+def options_from_args(args) -> ScoreOptions:
+    """`ScoreOptions` from parsed command-line arguments (options a command does not offer take their defaults)."""
+    return ScoreOptions(re_extract=getattr(args, "re_extract", False), integer_rule=args.integer_rule,
+                        quick_extract=getattr(args, "quick_extract", False),
+                        llm_extract=getattr(args, "llm_extract", False), mathverse_mode=args.mathverse_mode,
+                        math_backend=args.math_backend, timeout=args.timeout,
+                        judge_cache=getattr(args, "judge_cache", None) or args.out / "judge_cache")
+
+
 # --------------------------------------------------------------------------------------------- reading
-def read_predictions(path: Path, key: str) -> list[dict]:
-    """Rows from a JSON dict (keyed by id), JSON list or JSON lines file; each row gets `_id`."""
+def read_predictions(path: Path, spec: BenchmarkSpec) -> list[dict]:
+    """Rows from a JSON dict (keyed by id), JSON list or JSON lines file; each row gets `_id` (the dict key, else
+    the first of `spec.prediction_id_keys` the row has)."""
     text = path.read_text(encoding="utf-8")
     try:
         obj = json.loads(text)
@@ -77,9 +95,9 @@ def read_predictions(path: Path, key: str) -> list[dict]:
     for n, r in enumerate(rows):
         if not isinstance(r, dict):
             raise ValueError(f"{path}: row {n} is not an object")
-        rid = r.get("_id") or next((str(r[k]) for k in key.split("|") if k in r), None)
+        rid = r.get("_id") or spec.row_id(r)
         if rid is None:
-            raise ValueError(f"{path}: row {n} has no {key.replace('|', ' / ')} field")
+            raise ValueError(f"{path}: row {n} has no {' / '.join(spec.prediction_id_keys)} field")
         out.append(dict(r, _id=rid))
     return out
 
@@ -96,15 +114,6 @@ def unique_rows(rows: list[dict]) -> tuple[list[dict], dict[str, int]]:
     return list(seen.values()), dropped
 
 
-def with_gold(benchmark: str, base: dict, row: dict) -> tuple[dict, list[str]]:
-    """The benchmark item with the row's other fields (official output files carry the item, with the metadata its
-    score breakdowns were computed from), gold fields always from `base`; plus the gold fields the row tried to
-    change."""
-    gold = data.GOLD_FIELDS[benchmark]
-    item = {**base, **{k: v for k, v in row.items() if not k.startswith("_") and k not in gold}}
-    return item, [k for k in gold if k in row and row[k] != base.get(k)]
-
-
 def coverage(n_rows: int, n_split: int, n_unscored: int, dropped: dict[str, int], mismatched: int) -> dict:
     """`summary.json["coverage"]`: how much of the split the scored predictions are, and what was set aside."""
     return {"predictions": n_rows, "items_in_split": n_split, "fraction": round(n_rows / n_split, 4) if n_split
@@ -113,122 +122,38 @@ def coverage(n_rows: int, n_split: int, n_unscored: int, dropped: dict[str, int]
             "rows_with_gold_mismatch": mismatched}
 
 
-def _judge(args):
-    from pointcopy.eval.judge import ChatJudge, JudgeConfig
-
-    return ChatJudge(JudgeConfig.from_env(), args.judge_cache or args.out / "judge_cache")
-
-
-# --------------------------------------------------------------------------------------------- per benchmark
-def score_mathvision(args, bench, preds, ev):
+# --------------------------------------------------------------------------------------------- scoring
+def score_rows(spec: BenchmarkSpec, bench: data.Benchmark, preds: list[dict], opts: ScoreOptions,
+               ev: safe_math.Evaluator):
+    """Score predictions rows (each with `_id`) with the benchmark's per-item scorer. Returns (items, summary,
+    strict_summary, groups, errors): items.jsonl rows, the official-layout summaries of the official-compatible and
+    strict verdicts, report breakdowns (group -> [(value, official, strict)]) and the rows that could not be
+    scored. A row the scorer refuses (ValueError) is recorded as not scored and the others go on."""
+    judge = opts.judge() if spec.uses_judge(opts) else None
     items, pairs, strict_pairs, errors = [], [], [], []
     for r in preds:
         rid = r["_id"]
         try:
             base = bench.items.get(rid)
             if base is None:
-                raise ValueError(f"MATH-V item {rid!r}: id not in {bench.split}")
-            item, mismatch = with_gold("mathvision", base, r)
-            response = r.get("response")
-            if "model_answer" in r and not args.re_extract:
-                answer, source = r["model_answer"], "stored"
-            else:
-                if not isinstance(response, str):
-                    raise ValueError(f"MATH-V item {rid!r}: field 'response' missing or not a string")
-                answer, source = mathvision.extract_answer(response), "rules"
-            correct = mathvision.score_item(item, answer, ev)
-            s_ext, s_ok = strict.mathvision(item, response, ev) if isinstance(response, str) else (None, False)
+                raise ValueError(spec.unknown_id(rid, bench.split))
+            item, mismatch = spec.with_gold(base, r)
+            fields = spec.score_item(item, r, opts, ev, judge)
         except ValueError as exc:
             errors.append({"id": rid, "error": str(exc)})
             items.append({"id": rid, "error": str(exc), "correct": False, "strict_correct": False})
             continue
-        pairs.append((item, correct))
-        strict_pairs.append((item, s_ok))
-        items.append({"id": rid, "model_answer": answer, "extraction_source": source, "correct": correct,
-                      "strict_extraction": s_ext, "strict_correct": s_ok, **_mismatch(mismatch)})
-    summary = mathvision.aggregate(pairs)
-    strict_summary = mathvision.aggregate(strict_pairs)
-    groups = {"level": [(it["level"], c, s) for (it, c), (_, s) in zip(pairs, strict_pairs)],
-              "subject": [(it["subject"], c, s) for (it, c), (_, s) in zip(pairs, strict_pairs)]}
-    return items, summary, strict_summary, groups, errors
-
-
-def score_mathvista(args, bench, preds, ev):
-    judge = _judge(args) if args.llm_extract else None
-    items, pairs, strict_pairs, errors = [], [], [], []
-    for r in preds:
-        rid = r["_id"]
-        try:
-            base = bench.items.get(rid)
-            if base is None:
-                raise ValueError(f"MathVista item {rid!r}: pid not in {bench.split}")
-            item, mismatch = with_gold("mathvista", base, r)
-            response = r.get("response")
-            if "extraction" in r and not args.re_extract:
-                extraction, source = r["extraction"], "stored"
-            else:
-                extraction, source = mathvista.extract_answer(item, response, args.quick_extract), "rules"
-                if extraction is None and judge is not None:
-                    extraction, source = mathvista.llm_extract(judge, item, response), "llm"
-            pred, tf = mathvista.score_item(item, extraction, args.integer_rule)
-            s_ext, s_pred, s_ok = strict.mathvista(item, response, ev) if isinstance(response, str) else (
-                None, None, False)
-        except ValueError as exc:
-            errors.append({"id": rid, "error": str(exc)})
-            items.append({"id": rid, "error": str(exc), "correct": False, "strict_correct": False})
-            continue
-        pairs.append((item, tf))
-        strict_pairs.append((item, s_ok))
-        items.append({"id": rid, "extraction": extraction, "extraction_source": source if extraction is not None
-                      else "none", "prediction": pred, "correct": tf, "strict_extraction": s_ext,
-                      "strict_prediction": s_pred, "strict_correct": s_ok, **_mismatch(mismatch)})
-    summary = mathvista.aggregate(pairs)
-    strict_summary = mathvista.aggregate(strict_pairs)
-    groups = {k: [((it.get("metadata") or {}).get(k), c, s) for (it, c), (_, s) in zip(pairs, strict_pairs)]
-              for k in ("task", "category")}
-    groups["question_type"] = [(it["question_type"], c, s) for (it, c), (_, s) in zip(pairs, strict_pairs)]
-    return items, summary, strict_summary, groups, errors
-
-
-def score_mathverse(args, bench, preds, ev):
-    judge = _judge(args) if args.mathverse_mode == "judge" else None
-    items, pairs, strict_pairs, errors = [], [], [], []
-    for r in preds:
-        rid = r["_id"]
-        try:
-            base = bench.items.get(rid)
-            if base is None:
-                raise ValueError(f"MathVerse sample {rid!r}: not in {bench.split}")
-            item, mismatch = with_gold("mathverse", base, r)
-            response = r.get("response", r.get("model_answer"))
-            stored = r.get("extraction") if not args.re_extract else None
-            res = mathverse.score_item(item, response, args.mathverse_mode, judge, stored)
-            s_ext, s_ok = strict.mathverse(item, response, ev) if isinstance(response, str) else (None, False)
-        except ValueError as exc:
-            errors.append({"id": rid, "error": str(exc)})
-            items.append({"id": rid, "error": str(exc), "correct": False, "strict_correct": False})
-            continue
-        pairs.append((item, res["correct"]))
-        strict_pairs.append((item, s_ok))
-        items.append({"id": rid, "extraction": res["extraction"], "correct": res["correct"],
-                      "judge_failed": res["judge_failed"], "strict_extraction": s_ext, "strict_correct": s_ok,
-                      **_mismatch(mismatch)})
-    summary = mathverse.aggregate(pairs)
+        pairs.append((item, fields["correct"]))
+        strict_pairs.append((item, fields["strict_correct"]))
+        items.append({"id": rid, **fields, **({"gold_mismatch": mismatch} if mismatch else {})})
+    summary = spec.aggregate(pairs)
     if judge is not None:
         summary["judge"] = {"model": judge.config.model, "base_url": judge.config.base_url,
                             "http_calls": judge.calls, "cache_hits": judge.cache_hits}
-    strict_summary = mathverse.aggregate(strict_pairs)
-    groups = {"problem_version": [(it.get("problem_version") or (it.get("metadata") or {}).get("problem_version"),
-                                   c, s) for (it, c), (_, s) in zip(pairs, strict_pairs)]}
+    strict_summary = spec.aggregate(strict_pairs)
+    groups = {name: [(value(it), c, s) for (it, c), (_, s) in zip(pairs, strict_pairs)]
+              for name, value in spec.groups.items()}
     return items, summary, strict_summary, groups, errors
-
-
-def _mismatch(fields: list[str]) -> dict:
-    return {"gold_mismatch": fields} if fields else {}
-
-
-# ids as predictions files spell them (MathVerse: testmini's sample_index, or the public subset's pid)
-_ID_KEYS = {**data.ID_KEYS, "mathverse": "sample_index|pid"}
 
 
 def write_outputs(out, *, benchmark: str, predictions: str, items, summary, strict_summary, groups, errors,
@@ -264,10 +189,12 @@ def run(args) -> int:
     from pointcopy.files import DirLock, LockedError
 
     try:
-        bench = data.load(args.benchmark, args.data, args.split)
+        spec = registry.get(args.benchmark)
+        opts = options_from_args(args)
+        bench = spec.load(args.data, args.split)
         if args.out.exists() and not args.out.is_dir():
             raise ValueError(f"--out {args.out} is a file, not a directory")
-        rows = read_predictions(args.predictions, _ID_KEYS[args.benchmark])
+        rows = read_predictions(args.predictions, spec)
         if not rows:
             raise ValueError(f"{args.predictions}: no prediction rows (empty file)")
         preds, dropped = unique_rows(rows)
@@ -281,47 +208,41 @@ def run(args) -> int:
         print(f"pointcopy score: {exc}", file=sys.stderr)
         return 2
     try:
-        return _score(args, bench, preds, dropped)
+        return _score(args, spec, opts, bench, preds, dropped)
     finally:
         lock.release()
 
 
-def _score(args, bench, preds, dropped) -> int:
+def _score(args, spec: BenchmarkSpec, opts: ScoreOptions, bench, preds, dropped) -> int:
     if dropped:
         print(f"pointcopy score: WARNING: {sum(dropped.values())} duplicate rows dropped (kept the first row of "
               f"{len(dropped)} ids); recorded in summary.json['coverage']", file=sys.stderr)
-    scorer = {"mathvision": score_mathvision, "mathvista": score_mathvista, "mathverse": score_mathverse}
     try:
-        with safe_math.Evaluator(args.timeout, args.math_backend) as ev:
-            items, summary, strict_summary, groups, errors = scorer[args.benchmark](args, bench, preds, ev)
+        with opts.evaluator() as ev:
+            items, summary, strict_summary, groups, errors = score_rows(spec, bench, preds, opts, ev)
             timeouts = ev.timeouts
     except Exception as exc:  # noqa: BLE001 - judge misconfiguration, missing optional backend: one clear line
         if type(exc).__name__ in ("JudgeError", "ImportError", "ModuleNotFoundError"):
             print(f"pointcopy score: {exc}", file=sys.stderr)
             return 2
         raise
-    profile = {"benchmark": args.benchmark, "split": bench.split, "items in predictions": len(preds),
-               "items in split": len(bench), "official-compatible scorer": {
-                   "mathvision": f"MATH-V evaluate.py rules, math backend {args.math_backend}",
-                   "mathvista": f"MathVista calculate_score.py rules, integer rule {args.integer_rule}",
-                   "mathverse": f"MathVerse two-stage, mode {args.mathverse_mode}"}[args.benchmark]}
-    notes = scoring_notes(args, n_rows=len(preds), n_split=len(bench), timeouts=timeouts)
+    profile = {"benchmark": spec.name, "split": bench.split, "items in predictions": len(preds),
+               "items in split": len(bench), "official-compatible scorer": spec.describe(opts)}
+    notes = scoring_notes(spec, opts, n_rows=len(preds), n_split=len(bench), timeouts=timeouts)
     cover = coverage(len(preds), len(bench), len(errors), dropped, sum(1 for it in items if it.get("gold_mismatch")))
-    n_ok, n_strict = write_outputs(args.out, benchmark=args.benchmark, predictions=str(args.predictions),
+    n_ok, n_strict = write_outputs(args.out, benchmark=spec.name, predictions=str(args.predictions),
                                    items=items, summary=summary, strict_summary=strict_summary, groups=groups,
                                    errors=errors, profile=profile, notes=notes, cover=cover)
-    print(f"{args.benchmark}: official-compatible {n_ok}/{len(items)}, strict {n_strict}/{len(items)}, "
+    print(f"{spec.name}: official-compatible {n_ok}/{len(items)}, strict {n_strict}/{len(items)}, "
           f"{len(errors)} items not scored, coverage {len(preds)}/{len(bench)} -> {args.out}")
     return 0
 
 
-def scoring_notes(args, *, n_rows: int, n_split: int, timeouts: int) -> list[str]:
+def scoring_notes(spec: BenchmarkSpec, opts: ScoreOptions, *, n_rows: int, n_split: int, timeouts: int) -> list[str]:
     """Report notes every scored run shares (`pointcopy score` and `pointcopy eval`)."""
-    notes = []
-    if args.benchmark == "mathverse" and args.mathverse_mode == "deterministic":
-        notes.append(mathverse.DETERMINISTIC_NOTE)
+    notes = list(spec.notes(opts))
     if n_rows != n_split:
         notes.append(f"predictions cover {n_rows} of {n_split} items; totals are over the predictions")
     if timeouts:
-        notes.append(f"{timeouts} math evaluations hit the {args.timeout:g} s limit and counted as not equal")
+        notes.append(f"{timeouts} math evaluations hit the {opts.timeout:g} s limit and counted as not equal")
     return notes

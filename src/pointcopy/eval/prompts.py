@@ -65,11 +65,30 @@ def mathvision_query(item: dict, mode: str = "cot") -> str:
     raise ValueError(f"MATH-V prompt mode must be 'cot' or 'direct', got {mode!r}")
 
 
+MATHVERSE_INSTRUCTIONS = {  # (mode, multiple choice) -> the instruction the released queries start with
+    ("wo", True): "Please directly answer the question and provide the correct option letter, e.g., A, B, C, D.",
+    ("wo", False): "Please directly answer the question and provide the final value, e.g., 1, 2.5, 300.",
+    ("cot", True): "Please first conduct reasoning, and then answer the question and provide the correct option "
+                   "letter, e.g., A, B, C, D, at the end.",
+    ("cot", False): "Please first conduct reasoning, and then answer the question and provide the final value, "
+                    "e.g., 1, 2.5, 300, at the end.",
+}
+
+
 def mathverse_query(item: dict, mode: str = "wo") -> str:
-    """MathVerse prompt as released in the data: `query_wo` (primary, no CoT) or `query_cot`."""
+    """MathVerse prompt as released in the data: `query_wo` (primary, no CoT) or `query_cot`. Items without them
+    (the public visualizer subset: `question` + `choices`) get the same composition the released queries follow
+    (instruction, newline, `Question: ` + the question with its choices; true of all 788 testmini text-only
+    items, tested)."""
     key = {"wo": "query_wo", "cot": "query_cot"}.get(mode)
     if key is None:
         raise ValueError(f"MathVerse prompt mode must be 'wo' or 'cot', got {mode!r}")
-    if key not in item:
-        raise ValueError(f"MathVerse item {item.get('sample_index', item.get('pid'))!r}: missing field {key!r}")
-    return item[key]
+    if key in item:
+        return item[key]
+    if "question" not in item:
+        raise ValueError(f"MathVerse item {item.get('sample_index', item.get('pid'))!r}: missing field {key!r} "
+                         f"(and no 'question' to build it from)")
+    choices = item.get("choices") or []
+    question = item["question"].rstrip() + "\nChoices:\n" + "\n".join(choices) if choices else item["question"]
+    mc = item.get("question_type") in ("multi-choice", "multi_choice")
+    return f"{MATHVERSE_INSTRUCTIONS[(mode, mc)]}\nQuestion: {question}"

@@ -24,6 +24,7 @@ from pointcopy.data.v1g import (
     write_v1g,
 )
 from pointcopy.geometry import MergedGrid
+from pointcopy.layout import QWEN2_5_VL, SlotMap
 from pointcopy.trace import parse
 
 TRACE = 'detect(query="red square", objects=["<obj1>"])\ndetect(query="blue bar", objects=["<obj2>"])\nSo <obj1> is left of <obj2>.'
@@ -281,7 +282,8 @@ def test_expand_regions_official_rule_by_hand():
     g = parse(out, num_image_tokens=12)
     assert g.copy_ids == [1, 2, 5, 6, 1, 2, 5, 6]
     # offset for a second image of the sample; keep_key gives the <objN><region> output form
-    out2 = expand_regions("see <obj4>", {"<obj4>": [30, 0, 60, 30]}, (112, 84), offset=100, keep_key=True)
+    two = SlotMap.for_images([(280, 280), (112, 84)], **QWEN2_5_VL)  # the first image has 10 x 10 = 100 slots
+    out2 = expand_regions("see <obj4>", {"<obj4>": [30, 0, 60, 30]}, (112, 84), two, image=1, keep_key=True)
     assert out2 == "see <obj4><region>[0.27, 0.00, 0.54, 0.36]<|copy_101|><|copy_102|><|copy_105|><|copy_106|></region>"
     with pytest.raises(ValueError, match="not found"):
         expand_regions("no key here", {"K": [0, 0, 1, 1]}, (112, 84))
@@ -299,7 +301,7 @@ def test_expand_regions_matches_geometry_and_is_substring_safe():
     size = (300, 200)
     grid = MergedGrid.for_image(size)
     regions = {"<obj1>": [0, 0, 100, 50], "<obj1>_part": [150, 100, 300, 200]}
-    out = expand_regions("<obj1>_part then <obj1>", regions, size, grid)
+    out = expand_regions("<obj1>_part then <obj1>", regions, size, SlotMap.for_images([size], **QWEN2_5_VL))
     g = parse(out, num_image_tokens=grid.num_cells)
     r_part, r_one = g.regions
     assert list(r_part.copy_ids) == geometry.box_to_cells(regions["<obj1>_part"], size, grid)

@@ -2,8 +2,10 @@
 
     V1GRecord / GroundedSample
       -> images resized as the official trainer does (longer side <= max_side), boxes rescaled consistently
-      -> image processor -> pixel_values, image_grid_thw  (the merged grid of *this* image decides the cells)
-      -> every region key in the trace becomes <region>[box]<|copy_k|>...</region> (k offset by earlier images)
+      -> processor.encode_images -> pixel_values, image_grid_thw and the sample's SlotMap (the processor's own
+         patch and merge sizes: the merged grid of *this* image decides the cells)
+      -> every region key in the trace becomes <region>[box]<|copy_k|>...</region> (SlotMap.box_to_slots: k
+         counts the earlier images' slots)
       -> chat template: ids = prompt ids + assistant ids (tokenised separately, so the label boundary is exact)
       -> labels: "assistant" (default) trains the assistant turn only; "official" trains everything but padding
          and image tokens (the released trainer's policy)
@@ -28,9 +30,8 @@ from PIL import Image
 
 from . import geometry
 from .data.v1g import V1GError, V1GRecord, expand_regions, training_view
-from .geometry import MergedGrid
 from .images import to_rgb
-from .processing import IMAGE_PAD, PointCopyProcessor
+from .processing import PointCopyProcessor
 from .tokens import encode_with_pointers
 
 IGNORE_INDEX = -100
@@ -137,36 +138,27 @@ class GroundedCollator:
         proc = self.processor
         if len(sample.regions) not in (0, len(sample.images)):
             raise SampleError(sample.id, "regions", f"{len(sample.regions)} entries for {len(sample.images)} images")
-        pixel_values = grid_thw = None
-        trace, tokens_per_image = sample.trace, []
-        if sample.images:
-            try:
-                vision = proc.image_processor(images=sample.images, return_tensors="pt")
-            except ValueError as err:  # e.g. an extreme aspect ratio in smart_resize
-                raise SampleError(sample.id, "image", f"image processor: {err}") from err
-            pixel_values, grid_thw = vision["pixel_values"], vision["image_grid_thw"]
-            offset = 0
-            for i, (image, thw) in enumerate(zip(sample.images, grid_thw.tolist())):
-                grid = MergedGrid.from_thw(thw)
-                if sample.regions and sample.regions[i]:
-                    try:
-                        trace = expand_regions(trace, sample.regions[i], image.size, grid, offset=offset,
-                                               keep_key=self.keep_key, occurrences=self.region_occurrences,
-                                               box_text=self.box_text)
-                    except ValueError as err:
-                        raise SampleError(sample.id, "regions", f"image {i}: {err}") from err
-                tokens_per_image.append(grid.num_cells)
-                offset += grid.num_cells
+        trace = sample.trace
+        try:
+            vision, layout = proc.encode_images(sample.images)
+        except ValueError as err:  # e.g. an extreme aspect ratio in smart_resize
+            raise SampleError(sample.id, "image", f"image processor: {err}") from err
+        for i, image in enumerate(sample.images):
+            if sample.regions and sample.regions[i]:
+                try:
+                    trace = expand_regions(trace, sample.regions[i], image.size, layout, image=i,
+                                           keep_key=self.keep_key, occurrences=self.region_occurrences,
+                                           box_text=self.box_text)
+                except ValueError as err:
+                    raise SampleError(sample.id, "regions", f"image {i}: {err}") from err
         content = [{"type": "image"}] * len(sample.images) + [{"type": "text", "text": sample.question}]
         messages = [{"role": "user", "content": content}]
         if self.system_prompt is not None:
             messages.insert(0, {"role": "system", "content": self.system_prompt})
-        prompt = proc.apply_chat_template(messages, add_generation_prompt=True)
-        pieces = prompt.split(IMAGE_PAD)
-        prompt = pieces[0] + "".join(IMAGE_PAD * n + p for n, p in zip(tokens_per_image, pieces[1:]))
+        prompt = proc.expand_image_pads(proc.apply_chat_template(messages, add_generation_prompt=True), layout)
         prompt_ids = encode_with_pointers(proc.tokenizer, prompt, proc.copy_token_start)
         answer_ids = encode_with_pointers(proc.tokenizer, trace + "<|im_end|>\n", proc.copy_token_start,
-                                          num_slots=sum(tokens_per_image))
+                                          num_slots=layout.num_slots)
         ids = prompt_ids + answer_ids
         if self.label_policy == "assistant":
             labels = [IGNORE_INDEX] * len(prompt_ids) + answer_ids
@@ -174,4 +166,4 @@ class GroundedCollator:
             labels = [IGNORE_INDEX if i in self.non_trainable else i for i in ids]
         if self.max_length is not None and len(ids) > self.max_length:
             raise SampleError(sample.id, "conversations", f"{len(ids)} tokens exceed max_length={self.max_length}")
-        return ids, labels, pixel_values, grid_thw
+        return ids, labels, vision.get("pixel_values"), vision.get("image_grid_thw")

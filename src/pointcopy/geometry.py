@@ -10,6 +10,11 @@ Conventions used throughout (and by the processor / model code that builds on th
   spatial merge 2) of the ``smart_resize``d image. Cell ``k = row * grid.cols + col`` (row-major, the merger's
   output order); this ``k`` is the copy slot index of ``<|copy_k|>`` for a single-image sample.
 
+These are the primitives of one image's grid. The per-sample mapping (slot ``k`` over all images -> image, row,
+col -> pixel box, box -> slots, tokens per image) is :class:`pointcopy.layout.SlotMap`, built from the backbone's
+own patch and merge sizes; use it rather than these functions wherever a processor or a generation is at hand.
+The ``PATCH_SIZE`` / ``MERGE_SIZE`` defaults below are Qwen2.5-VL's.
+
 Pure Python (numpy only for masks, imported lazily); no torch.
 """
 

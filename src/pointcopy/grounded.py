@@ -1,7 +1,8 @@
 """`GroundedAnswer`: a generated trace made inspectable — which regions were copied, where, and the answer.
 
     decoded text (pointers as <|copy_k|>) --trace.parse_lenient--> regions in text order
-    slot k --> (image i, row, col) on image i's merged grid --> pixel box in the original image
+    slot k --SlotMap (the sample's vision layout, from the processor)--> (image i, row, col) --> pixel box in the
+    original image; a region's box = union of *all* its copied cells on its image
 
 Model text can be cut off or malformed; parsing is lenient and every problem is kept in `problems`.
 """
@@ -11,8 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from . import geometry, trace
-from .geometry import MergedGrid
+from . import trace
+from .layout import SlotMap
 
 ANSWER_RE = re.compile(r"Answer:\s*([^\n<]+)")
 
@@ -26,7 +27,7 @@ class GroundedRegion:
     slots: tuple[int, ...]
     cells: list[tuple[int, int, int]]  # (image, row, col) per valid slot
     image: int | None  # image of the first cell
-    box: tuple[float, float, float, float] | None  # union of the copied cells, original-image pixels
+    box: tuple[float, float, float, float] | None  # union of all copied cells on `image`, original-image pixels
     box_text: tuple[float, float, float, float] | None  # the normalised box the model wrote
     invalid_slots: tuple[int, ...] = ()  # slots beyond the sample's image tokens
     cell_boxes: list[tuple[float, float, float, float]] = field(default_factory=list)  # per cell, original px
@@ -38,6 +39,7 @@ class GroundedAnswer:
     regions: list[GroundedRegion]
     answer: str | None
     problems: list[str] = field(default_factory=list)
+    slot_map: SlotMap = field(default_factory=SlotMap.empty)  # the layout every slot was located on
 
     @property
     def objects(self) -> list[GroundedRegion]:
@@ -50,34 +52,24 @@ class GroundedAnswer:
         return out
 
     @classmethod
-    def from_text(cls, text: str, grids: list[MergedGrid], image_sizes: list[tuple[int, int]]) -> "GroundedAnswer":
-        """`grids[i]` / `image_sizes[i]` (width, height) describe the sample's images in order."""
-        if len(grids) != len(image_sizes):
-            raise ValueError(f"{len(grids)} grids but {len(image_sizes)} image sizes")
+    def from_text(cls, text: str, slot_map: SlotMap) -> "GroundedAnswer":
+        """Parse `text` and locate its pointers on `slot_map`, the layout of the sample's images
+        (`Generation.slot_map`, `PointCopyProcessor.slot_map`); boxes are in its original-image pixels."""
+        if not isinstance(slot_map, SlotMap):
+            raise TypeError(f"slot_map must be a SlotMap (Generation.slot_map / processor.slot_map), "
+                            f"got {type(slot_map).__name__}")
         parsed = trace.parse_lenient(text)
         declared = {o.obj_id: o.query for o in parsed.objects}
-        offsets, total = [], 0
-        for g in grids:
-            offsets.append(total)
-            total += g.num_cells
-
-        def locate(slot: int):
-            for i in range(len(grids) - 1, -1, -1):
-                if slot >= offsets[i]:
-                    k = slot - offsets[i]
-                    return (i, *grids[i].row_col(k)) if k < grids[i].num_cells else None
-            return None
 
         def make(obj_id, query, region) -> GroundedRegion:
-            located = [(s, locate(s)) for s in region.copy_ids]
-            cells = [c for _, c in located if c is not None]
-            invalid = tuple(s for s, c in located if c is None)
+            valid = [s for s in region.copy_ids if s in slot_map]
+            invalid = tuple(s for s in region.copy_ids if s not in slot_map)
+            cells = [slot_map.locate(s) for s in valid]
+            cell_boxes = [slot_map.slot_box(s) for s in valid]
             box = image = None
-            cell_boxes = [geometry.cells_to_box([r * grids[i].cols + c], grids[i], image_sizes[i]) for i, r, c in cells]
             if cells:
                 image = cells[0][0]
-                same = [r * grids[image].cols + c for i, r, c in cells if i == image]
-                box = geometry.cells_to_box(same, grids[image], image_sizes[image])
+                box = slot_map.union_box([s for s, (i, _, _) in zip(valid, cells) if i == image])
             return GroundedRegion(obj_id, query, region.copy_ids, cells, image, box, region.box, invalid, cell_boxes)
 
         regions: list[GroundedRegion] = []
@@ -93,4 +85,5 @@ class GroundedAnswer:
                 obj = prev.obj_id if isinstance(prev, trace.ObjectRef) else None
                 regions.append(make(obj, declared.get(obj), node))
         answers = ANSWER_RE.findall(text)
-        return cls(text, regions, answers[-1].strip() if answers else None, [str(p) for p in parsed.problems])
+        return cls(text, regions, answers[-1].strip() if answers else None, [str(p) for p in parsed.problems],
+                   slot_map)

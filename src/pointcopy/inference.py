@@ -1,7 +1,7 @@
 """Batched grounded generation: (images, question) pairs -> decoded traces with pointer slots located.
 
     questions + images --PointCopyProcessor--> tensors --model.generate--> ids --decode--> `<|copy_k|>` text
-    pointer slot k --> (image index, row, col) of the merged-patch grid it copies
+    pointer slot k --> (image index, row, col) of the merged-patch grid it copies  (the processor's SlotMap)
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .images import to_rgb
+from .layout import SlotMap
 
 # official inference prompt suffix (inference.py / run_gradio.py of the v1 release)
 OFFICIAL_SUFFIX = "\nPlease answer the question using a long-chain reasoning style and think step by step."
@@ -26,19 +27,33 @@ class PointedCell:
 
 @dataclass
 class Generation:
+    """One generated answer. `slot_map` is the layout of the sample's images the model saw (from the processor):
+    `slot_map.locate(k)`, `slot_map.slot_box(k)` (original-image pixels), `slot_map.box_to_slots(box, image)`.
+    `cells` are the pointers the text holds, in order, located on it (out-of-range pointers are left out)."""
+
     text: str  # decoded up to (not including) the end-of-turn token; pointers as <|copy_k|>
     ids: list[int]
     cells: list[PointedCell] = field(default_factory=list)
     finished: bool = False  # an end-of-turn / eos token was generated (False: cut by max_new_tokens)
+    slot_map: SlotMap = field(default_factory=SlotMap.empty)
+
+    def grounded(self):
+        """The text parsed into a `GroundedAnswer` on this generation's `slot_map`."""
+        from .grounded import GroundedAnswer
+
+        return GroundedAnswer.from_text(self.text, self.slot_map)
 
 
-def slot_table(image_grid_thw: torch.Tensor, merge_size: int = 2) -> list[tuple[int, int, int]]:
-    """Slot k -> (image index, row, col) for one sample's images, in slot order (raster within each image)."""
-    table = []
-    for i, (t, h, w) in enumerate(image_grid_thw.tolist()):
-        gh, gw = h // merge_size, w // merge_size
-        table += [(i, r, c) for _ in range(t) for r in range(gh) for c in range(gw)]
-    return table
+def check_layout(model, processor) -> None:
+    """ValueError when the processor's patch / merge sizes are not the model's (`model.vision_layout()`): the
+    image tokens, and so every slot's place, would be wrong without any other error."""
+    if not callable(getattr(model, "vision_layout", None)):
+        return
+    want = model.vision_layout()
+    have = {"patch_size": processor.patch_size, "merge_size": processor.merge_size}
+    if have != want:
+        raise ValueError(f"the processor's image processor has {have} but the model's vision tower {want}: "
+                         f"load the processor saved with this model")
 
 
 def check_length(model, prompt_tokens: int, max_new_tokens: int) -> None:
@@ -65,6 +80,7 @@ def generate(model, processor, questions: list[str], images: list[list], max_new
         raise ValueError(f"{len(questions)} questions but {len(images)} image lists")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    check_layout(model, processor)
     texts = []
     for n, (q, imgs) in enumerate(zip(questions, images)):
         processor.check_user_text(q + suffix, what=f"question {n}" if len(questions) > 1 else "question")
@@ -79,15 +95,12 @@ def generate(model, processor, questions: list[str], images: list[list], max_new
     eos = model.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
     eos.add(processor.tokenizer.convert_tokens_to_ids("<|im_end|>"))
-    results, image = [], 0
-    grid = batch.get("image_grid_thw")
-    for b, imgs in enumerate(images):
-        table = slot_table(grid[image:image + len(imgs)], processor.merge_size) if imgs else []
-        image += len(imgs)
+    results = []
+    start = processor.copy_token_start
+    for b, layout in enumerate(batch.slot_maps):
         ids = [int(i) for i in new[b]]
         stop = next((t for t, i in enumerate(ids) if i in eos), None)
         ids = ids[:stop] if stop is not None else ids
-        cells = [PointedCell(i - processor.copy_token_start, *table[i - processor.copy_token_start])
-                 for i in ids if processor.copy_token_start <= i < processor.copy_token_start + len(table)]
-        results.append(Generation(processor.decode(ids), ids, cells, finished=stop is not None))
+        cells = [PointedCell(i - start, *layout.locate(i - start)) for i in ids if i - start in layout]
+        results.append(Generation(processor.decode(ids), ids, cells, finished=stop is not None, slot_map=layout))
     return results

@@ -6,6 +6,8 @@ is a small processor of our own around the tokenizer and transformers' PIL image
     text  (chat template, one `<|image_pad|>` per image) --expand--> `<|image_pad|>` x (t*h*w / merge^2)
     images --Qwen2VLImageProcessorPil--> pixel_values (sum_i t*h*w, C*T*14*14), image_grid_thw (n_images, 3)
     batch: left padding; mm_token_type_ids = 1 at image tokens
+    per text: a `SlotMap` (`batch.slot_maps[b]`) -- slot k -> (image, row, col) -> pixel box, box -> slots,
+    built from this image processor's own patch and merge sizes (`slot_map`)
 
 Images are assigned to texts in order: text b consumes as many images as it has `<|image_pad|>` placeholders.
 """
@@ -20,11 +22,28 @@ import torch
 from transformers import AutoTokenizer, BatchFeature
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from .geometry import smart_resize
+from .geometry import MergedGrid
+from .layout import SlotMap
 from .tokens import COPY_TOKEN_RE, decode_with_pointers, encode_with_pointers
 
 IMAGE_PAD = "<|image_pad|>"
 PROCESSOR_FILE = "pointcopy_processor.json"
+
+
+class PointCopyBatch(BatchFeature):
+    """The processor's tensors (a `BatchFeature`: `model.generate(**batch)` sees only them) plus
+    `slot_maps`: one `SlotMap` per text, the layout of that text's images (kept by `.to(device)`)."""
+
+    def __init__(self, data=None, slot_maps: list[SlotMap] | None = None):
+        super().__init__(data)
+        self.slot_maps = list(slot_maps or [])
+
+    def __getstate__(self):
+        return {"data": self.data, "slot_maps": self.slot_maps}
+
+    def __setstate__(self, state):
+        self.data = state["data"]
+        self.slot_maps = state.get("slot_maps", [])
 
 
 class PointCopyProcessor:
@@ -34,6 +53,7 @@ class PointCopyProcessor:
         self.copy_token_start = len(tokenizer) if copy_token_start is None else copy_token_start
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
         self.merge_size = image_processor.merge_size
+        self.patch_size = image_processor.patch_size
 
     # ---- persistence ---------------------------------------------------------------------------------------
     @classmethod
@@ -70,15 +90,47 @@ class PointCopyProcessor:
             raise ValueError(f"{what} contains the special token {m.group(0)!r} at character {m.start()}; the model "
                              f"would read it as markup, not text: remove or reword it")
 
+    # ---- vision layout -------------------------------------------------------------------------------------
+    def grid_for(self, image_size: tuple[int, int]) -> MergedGrid:
+        """The merged grid this image processor gives an image of `image_size = (width, height)` (its own patch
+        and merge sizes and pixel bounds), without processing pixels."""
+        size = self.image_processor.size
+        return MergedGrid.for_image(image_size, patch_size=self.patch_size, merge_size=self.merge_size,
+                                    min_pixels=size["shortest_edge"], max_pixels=size["longest_edge"])
+
+    def slot_map(self, image_grid_thw, image_sizes) -> SlotMap:
+        """The `SlotMap` of one sample: its rows of `image_grid_thw` (n_images, 3) and the `(width, height)`
+        of its images as given to this processor; patch and merge sizes are this image processor's."""
+        if image_grid_thw is None or len(image_sizes) == 0:
+            return SlotMap.empty()
+        return SlotMap.from_grid_thw(image_grid_thw, image_sizes, patch_size=self.patch_size,
+                                     merge_size=self.merge_size)
+
+    def encode_images(self, images) -> tuple[dict[str, torch.Tensor], SlotMap]:
+        """One sample's PIL images -> ({pixel_values, image_grid_thw}, its SlotMap); ({}, empty) for none.
+        Errors of the image processor (e.g. an aspect ratio over 200) propagate as ValueError."""
+        images = list(images or [])
+        if not images:
+            return {}, SlotMap.empty()
+        vision = self.image_processor(images=images, return_tensors="pt")
+        data = {"pixel_values": vision["pixel_values"], "image_grid_thw": vision["image_grid_thw"]}
+        return data, self.slot_map(data["image_grid_thw"], [image_size(im) for im in images])
+
+    @staticmethod
+    def expand_image_pads(text: str, slot_map: SlotMap) -> str:
+        """Each `<|image_pad|>` placeholder of `text` (one per image, in order) repeated as many times as that
+        image has LLM tokens (`slot_map.tokens_per_image`)."""
+        pieces = text.split(IMAGE_PAD)
+        if len(pieces) - 1 != slot_map.num_images:
+            raise ValueError(f"{len(pieces) - 1} {IMAGE_PAD} placeholders but {slot_map.num_images} images")
+        return pieces[0] + "".join(IMAGE_PAD * n + p for n, p in zip(slot_map.tokens_per_image, pieces[1:]))
+
     def model_view(self, image):
         """`image` resized to what the vision tower sees (the image processor's smart resize, same resampling);
         the processor leaves an image of this size as it is, so generating on it gives the same tensors."""
         from PIL import Image
 
-        size = self.image_processor.size
-        factor = self.image_processor.patch_size * self.merge_size
-        h, w = smart_resize(image.height, image.width, factor=factor, min_pixels=size["shortest_edge"],
-                            max_pixels=size["longest_edge"])
+        w, h = self.grid_for(image.size).resized_size
         if (w, h) == image.size:
             return image
         return image.resize((w, h), Image.Resampling(self.image_processor.resample))
@@ -87,30 +139,28 @@ class PointCopyProcessor:
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
-    def __call__(self, text: str | list[str], images=None, padding_side: str = "left") -> BatchFeature:
-        """texts (with one `<|image_pad|>` per image) + flat list of PIL images -> BatchFeature of tensors."""
+    def __call__(self, text: str | list[str], images=None, padding_side: str = "left") -> PointCopyBatch:
+        """texts (with one `<|image_pad|>` per image) + flat list of PIL images -> `PointCopyBatch`: tensors
+        (input_ids, attention_mask, mm_token_type_ids, pixel_values, image_grid_thw) and `slot_maps[b]`, the
+        layout of text b's images (text b takes as many images, in order, as it has placeholders)."""
         texts = [text] if isinstance(text, str) else list(text)
         images = list(images or [])
         n_placeholders = [t.count(IMAGE_PAD) for t in texts]
         if sum(n_placeholders) != len(images):
             raise ValueError(f"{sum(n_placeholders)} {IMAGE_PAD} placeholders in the texts "
                              f"(per text {n_placeholders}) but {len(images)} images")
-        data: dict[str, torch.Tensor] = {}
-        tokens_per_image: list[int] = []
-        if images:
-            vision = self.image_processor(images=images, return_tensors="pt")
-            data["pixel_values"], data["image_grid_thw"] = vision["pixel_values"], vision["image_grid_thw"]
-            tokens_per_image = (vision["image_grid_thw"].prod(-1) // self.merge_size**2).tolist()
-        sequences, image = [], 0
-        for t in texts:
-            pieces = t.split(IMAGE_PAD)
-            expanded = pieces[0]
-            for piece in pieces[1:]:
-                expanded += IMAGE_PAD * tokens_per_image[image] + piece
-                image += 1
-            sequences.append(encode_with_pointers(self.tokenizer, expanded, self.copy_token_start))
+        data, _ = self.encode_images(images)
+        grid_thw = data.get("image_grid_thw")
+        sequences, slot_maps, image = [], [], 0
+        for t, n in zip(texts, n_placeholders):
+            mine = slice(image, image + n)
+            layout = self.slot_map(grid_thw[mine] if n else None, [image_size(im) for im in images[mine]])
+            image += n
+            slot_maps.append(layout)
+            sequences.append(encode_with_pointers(self.tokenizer, self.expand_image_pads(t, layout),
+                                                  self.copy_token_start))
         data.update(self.pad(sequences, padding_side))
-        return BatchFeature(data)
+        return PointCopyBatch(data, slot_maps)
 
     def pad(self, sequences: list[list[int]], padding_side: str = "left") -> dict[str, torch.Tensor]:
         width = max(len(s) for s in sequences)
@@ -131,6 +181,19 @@ class PointCopyProcessor:
 
     def batch_decode(self, batch_ids, skip_special_tokens: bool = False) -> list[str]:
         return [self.decode(ids, skip_special_tokens) for ids in batch_ids]
+
+
+def image_size(image) -> tuple[int, int]:
+    """`(width, height)` of a PIL image, or of an array / tensor (H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4."""
+    size = getattr(image, "size", None)
+    if isinstance(size, tuple) and len(size) == 2:
+        return int(size[0]), int(size[1])
+    shape = tuple(getattr(image, "shape", ()))
+    if len(shape) == 2:
+        return int(shape[1]), int(shape[0])
+    if len(shape) == 3:
+        return (int(shape[1]), int(shape[0])) if shape[-1] in (1, 3, 4) else (int(shape[2]), int(shape[1]))
+    raise TypeError(f"cannot tell the size of an image of type {type(image).__name__}")
 
 
 def _config_copy_start(path: Path) -> int | None:

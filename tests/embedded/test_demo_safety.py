@@ -14,9 +14,9 @@ from PIL import Image
 
 from pointcopy.demo.render import overlay, page
 from pointcopy.embedded.demo import ASSET, run_demo
-from pointcopy.geometry import MergedGrid
 from pointcopy.grounded import GroundedAnswer
 from pointcopy.images import open_rgb, to_rgb
+from pointcopy.layout import QWEN2_5_VL, SlotMap
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,7 +45,7 @@ def test_model_output_is_escaped_everywhere_in_the_page(evil):
     text = (f'{evil} detect(query="{evil}", objects=["<obj1><region>[{evil}]<|copy_0|><|copy_1|></region>"]) '
             f'<region>[1, 2, {evil}]<|copy_5|></region> Answer: {evil}')
     image = Image.new("RGB", (112, 112), "white")
-    answer = GroundedAnswer.from_text(text, [MergedGrid.for_image(image.size)], [image.size])
+    answer = GroundedAnswer.from_text(text, SlotMap.for_images([image.size], **QWEN2_5_VL))
     html = page(overlay(image, answer), evil, answer, title=evil, expected=evil, model_note=evil)
     parsed = _Elements()
     parsed.feed(html)

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from pointcopy import geometry
-from pointcopy.geometry import MergedGrid
+from pointcopy.layout import QWEN2_5_VL, SlotMap
 from pointcopy.jsonl import drop_partial_last_line
 from pointcopy.trace import Region, TraceSyntaxError, parse, render
 
@@ -65,6 +65,7 @@ __all__ = [
     "iter_v1g",
     "read_v1g",
     "write_v1g",
+    "default_slot_map",
     "expand_regions",
     "training_view",
 ]
@@ -125,15 +126,14 @@ class V1GRecord:
             raise V1GError(self.id, "image", f"cannot open image: {e}") from e
         raise V1GError(self.id, "image", f"unsupported image value of type {type(src).__name__}")
 
-    def expanded_trace(
-        self, *, max_side: int | None = geometry.OFFICIAL_MAX_SIDE, offset: int = 0, keep_key: bool = False
-    ) -> str:
-        """The assistant text as the official trainer feeds it (see :func:`training_view`, :func:`expand_regions`).
+    def expanded_trace(self, *, max_side: int | None = geometry.OFFICIAL_MAX_SIDE, keep_key: bool = False) -> str:
+        """The assistant text as the official trainer feeds it (see :func:`training_view`, :func:`expand_regions`)
+        on the Qwen2.5-VL layout the official data is written for (``default_slot_map``).
 
         ``max_side=None`` skips the trainer resize and expands against the original image.
         """
         size, regions = training_view(self, max_side=max_side)
-        return expand_regions(self.trace, regions, size, offset=offset, keep_key=keep_key)
+        return expand_regions(self.trace, regions, size, keep_key=keep_key)
 
     def to_row(self, image: Any = None) -> dict:
         """The record in the released layout (``regions`` as a JSON string); ``image`` overrides the image value."""
@@ -302,8 +302,8 @@ def validation_errors(
 
     if check_trace and not errs:
         try:
-            grid = MergedGrid.for_image(rec.image_size)
-            parse(expand_regions(trace, rec.regions, rec.image_size, grid), num_image_tokens=grid.num_cells)
+            layout = default_slot_map(rec.image_size)
+            parse(expand_regions(trace, rec.regions, rec.image_size, layout), num_image_tokens=layout.num_slots)
         except TraceSyntaxError as e:
             err("conversations[1].value", f"malformed grounded trace after region expansion: {e}")
         except ValueError as e:  # e.g. aspect ratio > 200 in smart_resize
@@ -321,7 +321,7 @@ def validation_errors(
 
 def _zero_area_cells(image_size: tuple[int, int], box: Sequence[float]) -> list[int]:
     try:
-        return geometry.box_to_cells(box, image_size)
+        return default_slot_map(image_size).box_to_slots(box)
     except ValueError:  # no grid for this size (aspect ratio); check_trace reports it
         return [0]
 
@@ -546,13 +546,20 @@ def training_view(
     return size, {k: geometry.rescale_box(b, rec.image_size, size) for k, b in rec.regions.items()}
 
 
+def default_slot_map(image_size: tuple[int, int]) -> SlotMap:
+    """The layout of a one-image record of ``image_size = (width, height)`` when no processor is at hand: the
+    Qwen2.5-VL layout (14-px patches, merge 2, default pixel bounds) the official v1 data is written for.
+    Training uses the processor's own layout instead (``GroundedCollator``)."""
+    return SlotMap.for_images([tuple(image_size)], **QWEN2_5_VL)
+
+
 def expand_regions(
     text: str,
     regions_px: Mapping[str, Sequence[float]],
     image_size: tuple[int, int],
-    grid: MergedGrid | None = None,
+    slot_map: SlotMap | None = None,
     *,
-    offset: int = 0,
+    image: int = 0,
     keep_key: bool = False,
     exact: bool = False,
     occurrences: str = "all",
@@ -564,9 +571,11 @@ def expand_regions(
         text: assistant text containing the region keys.
         regions_px: ``{key: [x1, y1, x2, y2]}`` in pixels of the image of ``image_size``.
         image_size: ``(width, height)`` of *this sample's* image: it normalises the box text (the official
-            collator used the last image of the batch, PAPER §9.1) and maps boxes to cells.
-        grid: the image's merged grid (default: Qwen's grid for ``image_size``).
-        offset: added to every slot ``k`` (slots of this image start after the sample's earlier images).
+            collator used the last image of the batch, PAPER §9.1); must be ``slot_map.image_sizes[image]``.
+        slot_map: the sample's vision layout (``PointCopyProcessor.slot_map``), which maps boxes to slots
+            (``SlotMap.box_to_slots``: the official rule, slots of earlier images counted); default
+            :func:`default_slot_map` of ``image_size`` (a one-image sample on the Qwen2.5-VL layout).
+        image: which image of ``slot_map`` the boxes are in.
         keep_key: write ``key`` + region instead of replacing the key (the ``<objN><region>`` form of outputs).
         exact: rational box -> cell arithmetic instead of the official float rule (see ``geometry``).
         occurrences: ``"all"`` (official: every mention re-copies) or ``"first"`` (only a key's first occurrence
@@ -582,16 +591,22 @@ def expand_regions(
     """
     if occurrences not in ("all", "first"):
         raise ValueError(f"occurrences must be 'all' or 'first', got {occurrences!r}")
-    grid = grid if grid is not None else MergedGrid.for_image(image_size)
+    if slot_map is None:
+        if image != 0:
+            raise ValueError(f"image={image} needs the sample's slot_map (the default layout has one image)")
+        slot_map = default_slot_map(image_size)
+    elif not 0 <= image < slot_map.num_images or slot_map.image_sizes[image] != tuple(image_size):
+        have = slot_map.image_sizes[image] if 0 <= image < slot_map.num_images else "no such image"
+        raise ValueError(f"image {image} of the slot map is {have}, but the boxes are in an image of size "
+                         f"{tuple(image_size)}")
     rendered: dict[str, str] = {}
     for key, box in regions_px.items():
         if not key:
             raise ValueError("empty region key")
         if key not in text:
             raise ValueError(f"region key {key!r} not found in the text")
-        cells = geometry.box_to_cells(box, image_size, grid, exact=exact)
-        region = Region(geometry.normalize_box(box, image_size) if box_text else None,
-                        tuple(offset + k for k in cells))
+        slots = slot_map.box_to_slots(box, image, exact=exact)
+        region = Region(geometry.normalize_box(box, image_size) if box_text else None, tuple(slots))
         rendered[key] = (key if keep_key else "") + render([region])
     if not rendered:
         return text

@@ -44,7 +44,15 @@ def display_scale(image: Image.Image, scale: int | None = None) -> int:
 
 def overlay(image: Image.Image, answer: GroundedAnswer, image_index: int = 0, scale: int | None = None) -> Image.Image:
     """Upscaled copy of `image` with every copied cell shaded and each object's box outlined and labelled.
-    Boxes in `answer` are in `image`'s pixels."""
+
+    `image` is image `image_index` of the sample as the processor got it: the boxes in `answer` (located on its
+    `slot_map`) are in its pixels. The outline of an object is its first region's box, the union of all that
+    region's cells (`SlotMap.union_box`)."""
+    sizes = answer.slot_map.image_sizes
+    if image_index < len(sizes) and tuple(image.size) != sizes[image_index]:
+        raise ValueError(f"image is {image.size[0]}x{image.size[1]} but the answer's boxes are in pixels of a "
+                         f"{sizes[image_index][0]}x{sizes[image_index][1]} image (image {image_index} of its "
+                         f"slot map): draw on the image the model was given")
     scale = display_scale(image, scale)
     base = image.convert("RGB").resize((image.width * scale, image.height * scale), Image.NEAREST)
     shade = Image.new("RGBA", base.size, (0, 0, 0, 0))
@@ -93,6 +101,11 @@ def trace_html(answer: GroundedAnswer) -> str:
     return "".join(out).replace("\n", "<br>\n")
 
 
+def _cell_note(answer: GroundedAnswer) -> str:
+    sides = sorted({g.cell for g in answer.slot_map.grids})
+    return f"{sides[0]}&times;{sides[0]} cells" if len(sides) == 1 else "cells"
+
+
 def png_data_uri(image: Image.Image) -> str:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
@@ -136,7 +149,7 @@ table {{ border-collapse: collapse; font-size: 13px; }} td, th {{ border-bottom:
 <main>
 <figure><img id="overlay" src="{png_data_uri(image_overlay)}" width="{image_overlay.width}"
  height="{image_overlay.height}" alt="image with copied regions outlined">
-<figcaption class="note">shaded: copied 28&times;28 cells; outline: union box of an object's cells</figcaption></figure>
+<figcaption class="note">shaded: copied {_cell_note(answer)}; outline: union box of an object's cells</figcaption></figure>
 <section>
 <p class="answer">Answer: {html.escape(answer.answer or "(none)")}</p>{verdict}
 <table><tr><th>object</th><th>query</th><th>cells</th><th>box (px)</th></tr>{"".join(rows)}</table>

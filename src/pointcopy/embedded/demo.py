@@ -65,8 +65,6 @@ def run_demo(out_dir: str | Path = ".", seed: int | None = None, image_path: str
     from ..data.shapes.build import make_item
     from ..data.shapes.scene import render
     from ..demo.render import overlay, page
-    from ..geometry import MergedGrid
-    from ..grounded import GroundedAnswer
     from ..images import open_rgb
     from ..inference import generate
     from ..model import PointCopyForConditionalGeneration
@@ -105,8 +103,7 @@ def run_demo(out_dir: str | Path = ".", seed: int | None = None, image_path: str
     torch.set_num_threads(threads)
     model = PointCopyForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
     gen = generate(model, processor, [question], [[image]], max_new_tokens=max_new_tokens)[0]
-    thw = processor.image_processor(images=[image], return_tensors="pt")["image_grid_thw"][0].tolist()
-    answer = GroundedAnswer.from_text(gen.text, [MergedGrid.from_thw(thw)], [image.size])
+    answer = gen.grounded()  # located on the layout generate used (gen.slot_map), not a re-run processor
 
     echo(f"question: {question}")
     echo("trace:\n  " + summarize_trace(gen.text).replace("\n", "\n  "))

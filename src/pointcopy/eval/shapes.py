@@ -11,9 +11,10 @@ Per item (:func:`score_item`) and aggregated (:func:`aggregate`, :func:`evaluate
   of objects, per trace-length bucket (ground-truth ``copy`` trace length in tiny-tokenizer tokens).
 * pointers: precision = pointers (every ``<|copy_k|>`` in the text) whose cell belongs to some object's cells;
   recall = fraction of the union of ground-truth object cells pointed at by the enumeration
-  (``detect(query="object", ...)`` entries). Object cells use the official box->cell rule (``geometry``).
+  (``detect(query="object", ...)`` entries). Object cells use the official box->cell rule
+  (``SlotMap.box_to_slots``).
 * regions: for each enumerated ``<objN>`` with copies, IoU of the union box of its copied cells
-  (``geometry.cells_to_box``) with the best-matching ground-truth object's cell-union box (the box a perfect
+  (``SlotMap.union_box``) with the best-matching ground-truth object's cell-union box (the box a perfect
   pointer set has: against the raw pixel box even perfect pointing scores ~0.3, since an 18-px object spans
   whole 28-px cells); also the IoU of its box text with the best ground-truth box rounded to the trace's two
   decimals. Ties between ground-truth objects go to the object with the generated id.
@@ -24,6 +25,9 @@ Per item (:func:`score_item`) and aggregated (:func:`aggregate`, :func:`evaluate
   object ids are mapped to ground-truth objects by their region (copied cells, else box text, best IoU) and,
   without regions (``nocopy``), by id (traces enumerate in raster order). Also the step's stated count
   (``<phrase>: k.``) against the ground-truth count.
+
+Slots are located on the item's vision layout (a :class:`pointcopy.layout.SlotMap`): the one the model saw
+(``Generation.slot_map``) when given, else the Qwen2.5-VL layout the shapes world's traces are built on.
 """
 
 from __future__ import annotations
@@ -32,13 +36,14 @@ import re
 from typing import Any, Iterable, Mapping, Sequence
 
 from pointcopy import geometry
-from pointcopy.geometry import MergedGrid
+from pointcopy.layout import QWEN2_5_VL, SlotMap
 from pointcopy.trace import Detect, parse_lenient
 
 __all__ = [
     "normalize_answer",
     "extract_answer",
     "score_item",
+    "item_slot_map",
     "aggregate",
     "evaluate",
     "format_markdown",
@@ -101,18 +106,26 @@ def _describe(o: Mapping[str, Any]) -> str:
     return f"{o['size']} {o['color']} {_MATERIAL_WORD[o['material']]} {o['shape']}"
 
 
-def _gt_geometry(item: Mapping[str, Any]):
-    """Image size, grid, objects by id, their cells, their cell-union boxes and their box text as pixels."""
+def item_slot_map(item: Mapping[str, Any]) -> SlotMap:
+    """The layout the shapes world builds an item's traces on: its one image on the Qwen2.5-VL layout."""
+    scene = item["scene"]
+    return SlotMap.for_images([(scene["width"], scene["height"])], **QWEN2_5_VL)
+
+
+def _gt_geometry(item: Mapping[str, Any], layout: SlotMap):
+    """Image size, objects by id, their slots, their slot-union boxes and their box text as pixels."""
     scene = item["scene"]
     size = (scene["width"], scene["height"])
-    grid = MergedGrid.for_image(size)
+    if layout.num_images != 1 or layout.image_sizes[0] != size:
+        raise ValueError(f"item {item.get('id')!r}: the slot map describes images {list(layout.image_sizes)}, "
+                         f"not the item's one {size[0]}x{size[1]} image")
     objs = {o["id"]: o for o in scene["objects"]}
-    cells = {i: set(geometry.box_to_cells(o["box"], size, grid)) for i, o in objs.items()}
-    # What a perfect trace can express: copied cells are 28-px quantised and box text has two decimals, so each
+    cells = {i: set(layout.box_to_slots(o["box"])) for i, o in objs.items()}
+    # What a perfect trace can express: copied cells are cell-quantised and box text has two decimals, so each
     # is compared with the ground truth quantised the same way (a perfect trace then scores IoU 1.0).
-    cell_boxes = {i: geometry.cells_to_box(sorted(c), grid, size) for i, c in cells.items() if c}
+    cell_boxes = {i: layout.union_box(c) for i, c in cells.items() if c}
     text_boxes = {i: _denorm(_round_box(geometry.normalize_box(o["box"], size)), size) for i, o in objs.items()}
-    return size, grid, objs, cells, cell_boxes, text_boxes
+    return size, objs, cells, cell_boxes, text_boxes
 
 
 def _round_box(box) -> tuple[float, ...]:
@@ -161,9 +174,13 @@ def _generated_steps(plain: str) -> list[tuple[str, list[int], int | None]]:
     return list(zip(phrases, chosen, stated))
 
 
-def score_item(text: str, item: Mapping[str, Any]) -> dict:
-    """Metrics of one generated trace against its ground-truth row (see the module docstring)."""
-    size, grid, objs, cells, cell_boxes, text_boxes = _gt_geometry(item)
+def score_item(text: str, item: Mapping[str, Any], slot_map: SlotMap | None = None) -> dict:
+    """Metrics of one generated trace against its ground-truth row (see the module docstring).
+
+    ``slot_map``: the layout of the item's image the model saw (``Generation.slot_map``); default
+    :func:`item_slot_map`."""
+    layout = slot_map if slot_map is not None else item_slot_map(item)
+    size, objs, cells, cell_boxes, text_boxes = _gt_geometry(item, layout)
     all_gt_cells = set().union(*cells.values()) if cells else set()
     parsed = parse_lenient(text)
     pred = extract_answer(text)
@@ -174,7 +191,7 @@ def score_item(text: str, item: Mapping[str, Any]) -> dict:
 
     # Enumerated objects: declared by detect(query="object") entries.
     enum_objs = [o for o in parsed.objects if o.query == ENUM_QUERY]
-    enum_cells = {k for o in enum_objs for k in o.copy_ids if 0 <= k < grid.num_cells}
+    enum_cells = {k for o in enum_objs for k in o.copy_ids if k in layout}
     region_ious, box_ious, mapping = [], [], {}
     for o in enum_objs:
         # Map to a ground-truth object by the box text when there is one (finer than 28-px cells), else cells.
@@ -182,9 +199,9 @@ def score_item(text: str, item: Mapping[str, Any]) -> dict:
             iou, arg = _best(_denorm(o.box, size), text_boxes, o.obj_id)
             box_ious.append(iou)
             mapping[o.obj_id] = arg
-        valid = [k for k in o.copy_ids if 0 <= k < grid.num_cells]
+        valid = [k for k in o.copy_ids if k in layout]
         if valid:
-            iou, arg = _best(geometry.cells_to_box(valid, grid, size), cell_boxes, o.obj_id)
+            iou, arg = _best(layout.union_box(valid), cell_boxes, o.obj_id)
             region_ious.append(iou)
             mapping.setdefault(o.obj_id, arg)
 
@@ -304,8 +321,12 @@ def evaluate(
     *,
     allow_missing: bool = False,
     length_edges: Sequence[int] = DEFAULT_LENGTH_EDGES,
+    slot_maps: Mapping[str, SlotMap] | None = None,
 ) -> dict:
     """Score ``predictions`` (``{item id: generated text}``) against ``items`` and aggregate.
+
+    ``slot_maps``: ``{item id: Generation.slot_map}``, the layout each item's image had for the model; items not
+    in it are scored on :func:`item_slot_map`.
 
     Raises ``ValueError`` naming the ids when an item has no prediction (unless ``allow_missing``: those items
     are then left out, counted in ``"missing"``) or a prediction has no item.
@@ -318,7 +339,8 @@ def evaluate(
     missing = [it["id"] for it in items if it["id"] not in predictions]
     if missing and not allow_missing:
         raise ValueError(f"no prediction for item ids: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    scores = [score_item(predictions[it["id"]], it) for it in items if it["id"] in predictions]
+    slot_maps = slot_maps or {}
+    scores = [score_item(predictions[it["id"]], it, slot_maps.get(it["id"])) for it in items if it["id"] in predictions]
     out = aggregate(scores, length_edges)
     out["missing"] = len(missing)
     return out

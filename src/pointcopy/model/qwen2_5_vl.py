@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, DynamicCache, Qwen2_5_VLForConditionalGeneration
 
+from ..layout import tokens_per_image
 from .config import PointCopyConfig
 from .core import PointCopyMixin, PointCopyOutput
 from .heads import PointerHeads
@@ -69,9 +70,15 @@ class PointCopyForConditionalGeneration(PointCopyMixin, Qwen2_5_VLForConditional
         feats = self.model.get_image_features(pixel_values, image_grid_thw, return_dict=True).pooler_output
         return torch.cat(feats, dim=0)
 
+    def vision_layout(self) -> dict[str, int]:
+        """The backbone's vision geometry, `{"patch_size", "merge_size"}` (Qwen2.5-VL: 14, 2), from its config:
+        what `layout.SlotMap` needs, and what the processor's image processor must agree with."""
+        vision = self.config.vision_config
+        return {"patch_size": int(vision.patch_size), "merge_size": int(vision.spatial_merge_size)}
+
     def _tokens_per_image(self, image_grid_thw) -> list[int]:
-        merge = self.config.vision_config.spatial_merge_size
-        return (image_grid_thw.prod(-1) // merge**2).tolist()
+        """LLM tokens of each image: the vision layout (`layout.tokens_per_image`) with this config's merge."""
+        return tokens_per_image(image_grid_thw, merge_size=self.vision_layout()["merge_size"])
 
     def _prefill_positions(self, ids, attention_mask, image_grid_thw, mm_token_type_ids):
         """M-RoPE positions (3, B, L); pointer ids were already mapped to the text placeholder."""

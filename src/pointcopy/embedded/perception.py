@@ -84,15 +84,13 @@ def _batch(items: list[dict], images_dir: Path, processor):
     from PIL import Image
 
     images = [Image.open(images_dir / f"{it['id']}.png").convert("RGB") for it in items]
-    enc = processor.image_processor(images=images, return_tensors="pt")
-    labels, objects, offset = [], [], 0
-    for it, img, thw in zip(items, images, enc["image_grid_thw"].tolist()):
-        grid = MergedGrid.from_thw(thw)
-        labels.append(cell_labels(it["scene"]["objects"], img.size, grid))
+    # the batch's images laid out as one multi-image sample: slot = index into the concatenated cells
+    enc, layout = processor.encode_images(images)
+    labels, objects = [], []
+    for i, it in enumerate(items):
+        labels.append(cell_labels(it["scene"]["objects"], layout.image_sizes[i], layout.grids[i]))
         for obj in it["scene"]["objects"]:
-            cells = [offset + k for k in box_to_cells(obj["box"], img.size, grid)]
-            objects.append((cells, _attribute_targets(obj)))
-        offset += grid.num_cells
+            objects.append((layout.box_to_slots(obj["box"], image=i), _attribute_targets(obj)))
     return enc["pixel_values"], enc["image_grid_thw"], torch.cat(labels), objects
 
 

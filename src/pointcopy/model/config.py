@@ -1,27 +1,41 @@
-"""`PointCopyConfig`: a Qwen2.5-VL config plus the point-and-copy fields.
+"""Point-and-copy config fields, shared by every backbone's config, and `PointCopyConfig` (Qwen2.5-VL).
+
+`CopyFields` holds the pointer fields and their validation. Each backbone adapter combines it with its HF config
+class (`@strict class <Name>(CopyFields, <HF config>)`), so that the fields are real config fields (typed, set by
+keyword, saved in config.json) whatever the backbone:
+
+    PointCopyConfig          model_type "pointcopy"           Qwen2.5-VL (the official v1 backbone)
+    PointCopyQwen3VLConfig   model_type "pointcopy_qwen3_vl"  Qwen3-VL (qwen3_vl.py)
 
 Field names and defaults follow the official `V1Config` (github.com/jun297/v1, `configuration_v1.py`), so an
-official `config.json` maps onto this class one to one (see `convert.py`). Two switches exist only for controlled
-experiments and default to the official behaviour:
+official `config.json` maps onto `PointCopyConfig` one to one (see `convert.py`). Switches that exist only for
+controlled experiments default to the official behaviour:
 
 * `pointing_enabled=False` masks every pointer logit, so a copy-trained model decodes text only
   ("inference w/o pointing", paper Table 1/2). Copy ids already present in the *input* still copy.
 * `copy_position="source_patch"` gives a copied token the 3-D M-RoPE position (t, h, w) of the patch it copies
   instead of the next sequential text position (`"sequential"`, official). The text position counter advances by
   one for a copied token in both modes, so the text that follows is positioned identically.
+* `copy_deepstack` (backbones with per-layer visual inputs only, i.e. Qwen3-VL's deepstack; see qwen3_vl.py):
+  `"source"` adds the copied patch's per-layer features at the copied position as the backbone adds them at the
+  image token, `"none"` copies the merger embedding only. `PointCopyConfig` has no such field (Qwen2.5-VL has no
+  deepstack) and refuses `copy_deepstack="source"`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from huggingface_hub.dataclasses import strict
 from transformers import Qwen2_5_VLConfig
 
 COPY_POSITIONS = ("sequential", "source_patch")
+COPY_DEEPSTACK = ("none", "source")
 
 
-@strict
-class PointCopyConfig(Qwen2_5_VLConfig):
-    model_type = "pointcopy"
+@dataclass
+class CopyFields:
+    """The point-and-copy fields (mixed into a backbone config before the HF config class)."""
 
     # -- ids (official names) --
     copy_token_start: int = 151665  # pointer id of image-token slot k is copy_token_start + k
@@ -44,10 +58,21 @@ class PointCopyConfig(Qwen2_5_VLConfig):
     copy_position: str = "sequential"
 
     def __post_init__(self, **kwargs):
+        if "copy_deepstack" in kwargs and not hasattr(type(self), "copy_deepstack"):
+            value = kwargs.pop("copy_deepstack")
+            if value != "none":
+                raise ValueError(f"copy_deepstack={value!r}: this backbone ({type(self).__name__}) has no per-layer "
+                                 f"visual inputs (deepstack); only 'none' applies")
         super().__post_init__(**kwargs)
+        self.validate_copy_fields()
+
+    def validate_copy_fields(self) -> None:
         if self.copy_position not in COPY_POSITIONS:
             raise ValueError(f"copy_position must be one of {COPY_POSITIONS}, got {self.copy_position!r}")
-        vocab = self.text_config.vocab_size
+        deepstack = getattr(self, "copy_deepstack", "none")
+        if deepstack not in COPY_DEEPSTACK:
+            raise ValueError(f"copy_deepstack must be one of {COPY_DEEPSTACK}, got {deepstack!r}")
+        vocab = self.get_text_config(decoder=True).vocab_size
         if self.copy_token_start > vocab:
             raise ValueError(f"copy_token_start={self.copy_token_start} exceeds the lm_head size {vocab}")
         if not 0 <= self.region_token_id < self.copy_token_start:
@@ -55,4 +80,12 @@ class PointCopyConfig(Qwen2_5_VLConfig):
 
     @property
     def head_size(self) -> int:
-        return self.copy_hidden_size or self.text_config.hidden_size
+        return self.copy_hidden_size or self.get_text_config(decoder=True).hidden_size
+
+
+@strict
+class PointCopyConfig(CopyFields, Qwen2_5_VLConfig):
+    """Qwen2.5-VL + copy fields. Name, fields, defaults and saved format are those of the official-compatible
+    v1 release; do not add fields here (config.json of existing checkpoints must round-trip unchanged)."""
+
+    model_type = "pointcopy"

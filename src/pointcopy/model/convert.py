@@ -1,13 +1,16 @@
-"""Checkpoint formats: our own, the official v1 release, and a base Qwen2.5-VL to convert.
+"""Checkpoint formats: our own, the official v1 release, and base backbones to convert; the adapter registry.
 
-    format        config.json model_type   weight keys
-    pointcopy     "pointcopy"              model.visual.*, model.language_model.*, lm_head.*, pointer.*
-    official v1   "v1" (flat 4.5x config)  visual.*, model.*, lm_head.*, _copy_q_head.*, _copy_k_head.*
-                                           (_copy_head.* with tie_copy_heads, gate.* with use_gate)
-    Qwen2.5-VL    "qwen2_5_vl"             either layout above without heads -> heads = I/sqrt(D), bias 0
+    format        config.json model_type     weight keys                                              adapter
+    pointcopy     "pointcopy"                model.visual.*, model.language_model.*, lm_head.*, pointer.*  Qwen2.5-VL
+                  "pointcopy_qwen3_vl"       (same layout)                                            Qwen3-VL
+    official v1   "v1" (flat 4.5x config)    visual.*, model.*, lm_head.*, _copy_q_head.*, _copy_k_head.*  Qwen2.5-VL
+                                             (_copy_head.* with tie_copy_heads, gate.* with use_gate)
+    base          "qwen2_5_vl", "qwen3_vl"   a base checkpoint without heads -> heads = I/sqrt(D), bias 0
 
-All three go through transformers' own `from_pretrained` (sharding, dtype, device_map, hub ids) with a key
-mapping, so loading a 7B checkpoint costs what loading Qwen2.5-VL costs.
+`ADAPTERS` maps each model_type to its adapter class; an adapter registers itself (`register_adapter`) with its
+config's model_type, its `base_model_type` and its `official_model_type`. All formats go through transformers'
+own `from_pretrained` (sharding, dtype, device_map, hub ids) with a key mapping, so loading a 7B checkpoint costs
+what loading the backbone costs.
 """
 
 from __future__ import annotations
@@ -36,8 +39,35 @@ _BOOKKEEPING = ("model_type", "architectures", "transformers_version", "auto_map
 COPY_FIELDS = (
     "copy_token_start", "copy_token_num", "region_token_id", "copy_hidden_size", "use_embeddings_as_keys",
     "normalize_copy_states", "tie_copy_heads", "use_gate", "do_copy", "z_loss_weight", "z_loss_top_k",
-    "label_smoothing", "separate_copy_loss", "pointing_enabled", "copy_position",
+    "label_smoothing", "separate_copy_loss", "pointing_enabled", "copy_position", "copy_deepstack",
 )
+
+# model_type -> adapter class (a PointCopyMixin subclass); filled by `register_adapter` when pointcopy.model loads
+ADAPTERS: dict[str, type] = {}
+
+
+def register_adapter(cls) -> type:
+    """Register a backbone adapter for loading (`load_pretrained`) and for transformers' Auto classes."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    config_class = cls.config_class
+    for model_type in (config_class.model_type, cls.base_model_type, cls.official_model_type):
+        if model_type:
+            ADAPTERS[model_type] = cls
+    AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+    AutoModelForImageTextToText.register(config_class, cls, exist_ok=True)
+    return cls
+
+
+def adapter_for(model_type: str | None, where="") -> type:
+    """The adapter class registered for a config.json model_type (ValueError naming the known ones)."""
+    if model_type not in ADAPTERS:
+        own = sorted({a.config_class.model_type for a in ADAPTERS.values()})
+        official = sorted({a.official_model_type for a in ADAPTERS.values() if a.official_model_type})
+        bases = sorted({a.base_model_type for a in ADAPTERS.values()})
+        raise ValueError(f"{where}config.json model_type {model_type!r} is neither a pointcopy checkpoint {own}, "
+                         f"an official release {official} nor a base backbone to convert {bases}")
+    return ADAPTERS[model_type]
 
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
@@ -96,7 +126,7 @@ def read_config_dict(path: str | os.PathLike, **hub_kwargs) -> dict:
             raise ValueError(f"{local}: malformed config.json (not a JSON object)")
         return d
     if Path(path).is_dir():
-        raise ValueError(f"{path}: no config.json; not a pointcopy, official v1 or Qwen2.5-VL checkpoint directory")
+        raise ValueError(f"{path}: no config.json; not a pointcopy, official v1 or base backbone checkpoint directory")
     from transformers.utils import cached_file
 
     try:
@@ -129,8 +159,10 @@ def config_from_official(d: dict, **overrides) -> PointCopyConfig:
     return PointCopyConfig(**d)
 
 
-def config_from_qwen(d: dict, tokenizer_dir: str | os.PathLike | None = None, **overrides) -> PointCopyConfig:
-    """A base Qwen2.5-VL config dict + copy fields. Pointer ids start right after the tokenizer's vocabulary."""
+def config_from_qwen(d: dict, tokenizer_dir: str | os.PathLike | None = None, config_class=PointCopyConfig,
+                     **overrides):
+    """A base backbone config dict (Qwen2.5-VL by default; `config_class` is the adapter's config) + copy fields.
+    Pointer ids start right after the tokenizer's vocabulary."""
     d = {k: v for k, v in d.items() if k not in _BOOKKEEPING}
     if "torch_dtype" in d:
         d["dtype"] = d.pop("torch_dtype")
@@ -140,14 +172,14 @@ def config_from_qwen(d: dict, tokenizer_dir: str | os.PathLike | None = None, **
         if tok is not None:
             overrides.setdefault("copy_token_start", len(tok))
             overrides.setdefault("region_token_id", tok.convert_tokens_to_ids("<|fim_pad|>"))
-        elif vocab == 152064:  # the released Qwen2.5-VL vocabulary: official ids
+        elif vocab == 152064 and config_class is PointCopyConfig:  # the released Qwen2.5-VL vocabulary: official ids
             overrides.setdefault("copy_token_start", 151665)
             overrides.setdefault("region_token_id", 151662)
         else:
             raise ValueError("cannot infer copy_token_start/region_token_id: no tokenizer next to the checkpoint "
                              "and an unknown vocabulary size; pass them as keyword arguments")
     d.update(overrides)
-    return PointCopyConfig(**d)
+    return config_class(**d)
 
 
 def _try_tokenizer(path):
@@ -164,8 +196,10 @@ def _try_tokenizer(path):
 
 
 def load_pretrained(cls, path, *args, **kwargs):
-    """`cls.from_pretrained` for all three formats. Copy fields (see COPY_FIELDS) may be given as keywords to
-    override the checkpoint's values, e.g. `pointing_enabled=False` or `copy_position="source_patch"`."""
+    """`from_pretrained` for every format, by config.json's model_type (see the table above): the registered
+    adapter loads it (`cls` itself when it is that adapter or a subclass of it). Copy fields (see COPY_FIELDS) may
+    be given as keywords to override the checkpoint's values, e.g. `pointing_enabled=False` or
+    `copy_position="source_patch"`."""
     hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
     if kwargs.get("config") is not None:
         return cls._from_pretrained_native(path, *args, **kwargs)
@@ -173,20 +207,24 @@ def load_pretrained(cls, path, *args, **kwargs):
         check_model_source(path)  # one clear line for a mistyped path or a damaged checkpoint
     d = read_config_dict(path, **hub_kwargs)
     model_type = d.get("model_type")
-    if model_type == "pointcopy":
-        return cls._from_pretrained_native(path, *args, **kwargs)
+    adapter = adapter_for(model_type, where=f"{path}: ")
+    target = cls if isinstance(cls, type) and issubclass(cls, adapter) else adapter
+    if "copy_deepstack" in kwargs and not hasattr(adapter.config_class, "copy_deepstack"):
+        if kwargs.pop("copy_deepstack") != "none":
+            raise ValueError(f"{path}: copy_deepstack='source' needs a backbone with per-layer visual inputs "
+                             f"(deepstack); {model_type!r} ({adapter.__name__}) has none")
+    if model_type == adapter.config_class.model_type:
+        return target._from_pretrained_native(path, *args, **kwargs)
     overrides = {k: kwargs.pop(k) for k in COPY_FIELDS if k in kwargs}
-    if model_type == "v1":
+    if model_type == adapter.official_model_type:
         config = config_from_official(d, **overrides)
-        return _native_layout(cls._from_pretrained_native(path, *args, config=config,
-                                                          key_mapping=OFFICIAL_KEY_MAPPING, **kwargs))
-    if model_type == "qwen2_5_vl":
-        config = config_from_qwen(d, tokenizer_dir=path if Path(path).is_dir() else None, **overrides)
-        model = cls._from_pretrained_native(path, *args, config=config, key_mapping=QWEN_KEY_MAPPING, **kwargs)
-        model.pointer.init_identity()  # the official training start: heads barely change the output
-        return _native_layout(model)
-    raise ValueError(f"{path}: config.json model_type {model_type!r} is neither 'pointcopy', official v1 ('v1') "
-                     f"nor a base Qwen2.5-VL ('qwen2_5_vl')")
+        return _native_layout(target._from_pretrained_native(path, *args, config=config,
+                                                             key_mapping=adapter.official_key_mapping, **kwargs))
+    config = config_from_qwen(d, tokenizer_dir=path if Path(path).is_dir() else None,
+                              config_class=adapter.config_class, **overrides)
+    model = target._from_pretrained_native(path, *args, config=config, key_mapping=adapter.base_key_mapping, **kwargs)
+    model.pointer.init_identity()  # the official training start: heads barely change the output
+    return _native_layout(model)
 
 
 def _native_layout(model):

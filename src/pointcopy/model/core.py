@@ -1,25 +1,44 @@
-"""Backbone-agnostic point-and-copy forward pass.
+"""Backbone-agnostic point-and-copy: the mechanism, the forward signature and the `generate` glue.
 
-`PointCopyMixin.forward` implements the mechanism once; a backbone adapter (e.g. `qwen2_5_vl.py`) supplies six
-small hooks (text embeddings, image features, image-token mask, prefill positions, decoder, vocab logits).
+`PointCopyMixin` implements the mechanism once. A backbone adapter (one file per backbone: `qwen2_5_vl.py`,
+`qwen3_vl.py`) is `class <Adapter>(PointCopyMixin, <HF model class>)` and answers the backbone questions through
+the hooks below (B sequences, L tokens, N image tokens in the batch, D text width, A position axes):
 
-Data flow of one forward call (B sequences, L new tokens, K = largest number of image tokens in the batch):
+    vision_layout() -> {"patch_size", "merge_size"}         what layout.SlotMap and the processor must agree with
+    tokens_per_image(grid_thw (n, 3)) -> [LLM tokens per image]
+    patch_rows_per_image(grid_thw (n, 3)) -> [pixel_values rows per image]   (beam expansion, validation)
+    _text_embeddings(ids (B, L)) -> (B, L, D)
+    _image_token_mask(ids (B, L)) -> (B, L) bool
+    _encode_images(pixel_values, grid_thw) -> VisualFeatures(embeds (N, D), layer_inputs n x (N, D))
+    _prefill_positions(ids, attention_mask, grid_thw, mm_token_type_ids) -> (A, B, L)
+    _decoder(embeds, attention_mask, position_ids, cache, use_cache, visual_mask (B, L) | None,
+             layer_inputs n x (n_visual, D) | None, **kw) -> output with .last_hidden_state (B, L, D)
+    _vocab_logits(hidden (B, L, D)) -> (B, L, V)
+    class attributes: config_class, base_model_type (the base checkpoints it converts), base_key_mapping,
+    official_model_type / official_key_mapping (None but for Qwen2.5-VL's "v1"), position_axes (A)
+
+Data flow of one forward call (K = largest number of image tokens in the batch):
 
     input_ids (B, L) --pointer ids -> region placeholder--> text embeddings (B, L, D)
       prefill: image features scattered at image tokens; CopyMemory.values = those embeddings, detached (B, K, D)
+               (+ CopyMemory.layer_values (n, B, K, D): per-layer visual inputs, with copy_deepstack="source")
       every call: pointer positions take CopyMemory.values[b, k]  (k = id - copy_token_start)
-    decoder(embeds, positions, cache) -> hidden (B, L, D)
+    decoder(embeds, positions, cache, visual mask + per-layer inputs at image tokens [and copied tokens])
+      -> hidden (B, L, D)
       prefill: CopyMemory.keys = Lk(hidden or embeddings at image tokens) (B, K, Dh), kept in PointCopyCache
     logits = [ lm_head(h)[..., :copy_token_start] | Lq(h)·keysᵀ/sqrt(D) masked to real slots ]  (B, L, V' + K)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
+from transformers import DynamicCache
 from transformers.utils import ModelOutput
 
+from .heads import PointerHeads
 from .loss import point_copy_loss
 from .memory import CopyMemory, PointCopyCache
 
@@ -63,28 +82,110 @@ def gather_slots(states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     return states.gather(1, positions[..., None].expand(-1, -1, states.shape[-1]))
 
 
+@dataclass
+class VisualFeatures:
+    """What a backbone's vision side gives the LM for the image tokens of a batch (N of them, sequence order)."""
+
+    embeds: torch.Tensor  # (N, D) merger output: the input embedding of an image token, what a pointer copies
+    layer_inputs: tuple[torch.Tensor, ...] = field(default_factory=tuple)  # n x (N, D) added after LM layers 0..n-1
+
+
 class PointCopyMixin:
-    """Point-and-copy on top of a HF vision-language model. Needs `self.config` (PointCopyConfig) and
-    `self.pointer` (PointerHeads), and the adapter hooks below."""
+    """Point-and-copy on top of a HF vision-language model. Needs `self.config` (a `CopyFields` config) and
+    `self.pointer` (PointerHeads, see `_init_pointer`), and the adapter hooks below."""
+
+    base_model_type: ClassVar[str]  # config.json model_type of the base checkpoints this adapter converts
+    base_key_mapping: ClassVar[dict | None] = None  # key regexes applied when converting a base checkpoint
+    official_model_type: ClassVar[str | None] = None  # an official release format ("v1", Qwen2.5-VL only)
+    official_key_mapping: ClassVar[dict | None] = None
+    position_axes: ClassVar[int] = 3  # rows of position_ids (M-RoPE: t, h, w)
 
     # ---- adapter hooks -------------------------------------------------------------------------------------
+    def vision_layout(self) -> dict[str, int]:  # {"patch_size", "merge_size"}
+        raise NotImplementedError
+
+    def tokens_per_image(self, image_grid_thw) -> list[int]:  # (n, 3) -> LLM tokens of each image
+        raise NotImplementedError
+
+    def patch_rows_per_image(self, image_grid_thw) -> list[int]:  # (n, 3) -> pixel_values rows of each image
+        raise NotImplementedError
+
     def _text_embeddings(self, ids: torch.Tensor) -> torch.Tensor:  # (B, L) -> (B, L, D)
         raise NotImplementedError
 
     def _image_token_mask(self, ids: torch.Tensor) -> torch.Tensor:  # (B, L) -> (B, L) bool
         raise NotImplementedError
 
-    def _image_features(self, ids, image_mask, pixel_values, image_grid_thw) -> torch.Tensor:  # -> (N, D)
+    def _encode_images(self, pixel_values, image_grid_thw) -> VisualFeatures:
         raise NotImplementedError
 
     def _prefill_positions(self, ids, attention_mask, image_grid_thw, mm_token_type_ids) -> torch.Tensor:
-        raise NotImplementedError  # -> (3, B, L)
+        raise NotImplementedError  # -> (A, B, L)
 
-    def _decoder(self, inputs_embeds, attention_mask, position_ids, cache, use_cache, **kwargs):
+    def _decoder(self, inputs_embeds, attention_mask, position_ids, cache, use_cache, visual_mask=None,
+                 layer_inputs=None, **kwargs):
         raise NotImplementedError  # -> BaseModelOutputWithPast-like (last_hidden_state, cache, ...)
 
     def _vocab_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, L, D) -> (B, L, V)
         raise NotImplementedError
+
+    # ---- construction and loading ----------------------------------------------------------------------------
+    def _init_pointer(self) -> None:
+        """Create `self.pointer` from the config (identity/sqrt(D) init for fresh models; checkpoints overwrite)."""
+        config = self.config
+        text = config.get_text_config(decoder=True)
+        self.pointer = PointerHeads(text.hidden_size, config.head_size, tied=config.tie_copy_heads,
+                                    normalize=config.normalize_copy_states, use_gate=config.use_gate)
+        if next(self.pointer.parameters()).device.type != "meta" and config.head_size == text.hidden_size:
+            self.pointer.init_identity()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Load our own checkpoints, official v1 checkpoints (`model_type: "v1"`), or convert a base checkpoint of a
+        registered backbone; the adapter class is chosen by config.json's model_type (`convert.ADAPTERS`).
+
+        See `convert.load_pretrained` for the formats and keyword arguments.
+        """
+        from .convert import load_pretrained
+
+        return load_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs)
+
+    @classmethod
+    def _from_pretrained_native(cls, *args, **kwargs):
+        return super().from_pretrained(*args, **kwargs)
+
+    # ---- forward (signature kept explicit: generate inspects it) -----------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: PointCopyCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        pixel_values: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        image_grid_thw: torch.LongTensor | None = None,
+        video_grid_thw: torch.LongTensor | None = None,
+        mm_token_type_ids: torch.IntTensor | None = None,
+        second_per_grid_ts: torch.Tensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> PointCopyOutput:
+        """Args as the backbone's `...ForConditionalGeneration.forward`; pointer ids (>= copy_token_start) may appear
+        in `input_ids` and `labels`. Returns logits (B, L, copy_token_start + K) and, with labels, the loss parts."""
+        if inputs_embeds is not None:
+            raise ValueError("inputs_embeds is not supported: pass input_ids (pointer ids select copied embeddings)")
+        if pixel_values_videos is not None or video_grid_thw is not None:
+            raise NotImplementedError("videos are not supported by point-and-copy yet")
+        legacy_cache = kwargs.pop("past_key_values", None)  # the pre-5.x name of `cache`
+        cache = cache if cache is not None else legacy_cache
+        kwargs.pop("mm_encoder_outputs", None)  # images are encoded here, from pixel_values
+        return self.point_copy_forward(input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                       cache=cache, labels=labels, use_cache=use_cache, pixel_values=pixel_values,
+                                       image_grid_thw=image_grid_thw, mm_token_type_ids=mm_token_type_ids,
+                                       logits_to_keep=logits_to_keep, **kwargs)
 
     # ---- mechanism -----------------------------------------------------------------------------------------
     def point_copy_forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, labels=None,
@@ -106,24 +207,35 @@ class PointCopyMixin:
         is_ptr = input_ids >= cfg.copy_token_start
         ids = input_ids.masked_fill(is_ptr, cfg.region_token_id)
         embeds = self._text_embeddings(ids)
+        visual_mask, layer_inputs = None, ()  # tokens that get per-layer visual inputs, and those inputs
 
         if prefill:
             image_mask = self._image_token_mask(ids)
             slot_pos, slot_mask = slot_index(image_mask)
+            layer_values = None
             if image_mask.any():
-                feats = self._image_features(ids, image_mask, pixel_values, image_grid_thw)
-                embeds = embeds.masked_scatter(image_mask[..., None], feats.to(embeds.dtype))
+                self._check_image_inputs(image_mask, pixel_values, image_grid_thw)
+                feats = self._encode_images(pixel_values, image_grid_thw)
+                embeds = embeds.masked_scatter(image_mask[..., None], feats.embeds.to(embeds.dtype))
+                layer_inputs = tuple(f.to(embeds.dtype) for f in feats.layer_inputs)
+                if layer_inputs:
+                    visual_mask = image_mask
+                    if getattr(cfg, "copy_deepstack", "none") == "source":  # slot order = image-token order
+                        layer_values = embeds.new_zeros(len(layer_inputs), *slot_mask.shape, embeds.shape[-1])
+                        layer_values[:, slot_mask] = torch.stack(layer_inputs).detach()
             if position_ids is None:
                 position_ids = self._prefill_positions(ids, attention_mask, image_grid_thw, mm_token_type_ids)
             rope_deltas = _rope_deltas(position_ids, attention_mask)
             memory = CopyMemory(keys=None, values=gather_slots(embeds, slot_pos).detach(), mask=slot_mask,
-                                positions=position_ids.gather(2, slot_pos[None].expand(3, -1, -1)))
+                                positions=position_ids.gather(2, slot_pos[None].expand(position_ids.shape[0], -1, -1)),
+                                layer_values=layer_values)
         else:
             if pixel_values is not None:
                 raise ValueError("pixel_values given to a decoding step: images are encoded once, at prefill")
             memory, rope_deltas = cache.copy_memory, cache.rope_deltas
             if position_ids is None:
-                position_ids = _decode_positions(rope_deltas, attention_mask, past, input_ids.shape[1])
+                position_ids = _decode_positions(rope_deltas, attention_mask, past, input_ids.shape[1],
+                                                 memory.positions.shape[0])
 
         if is_ptr.any():
             slots = (input_ids - cfg.copy_token_start).masked_fill(~is_ptr, 0)
@@ -131,8 +243,16 @@ class PointCopyMixin:
             embeds = torch.where(is_ptr[..., None], memory.gather_values(slots).to(embeds.dtype), embeds)
             if cfg.copy_position == "source_patch":
                 position_ids = torch.where(is_ptr[None], memory.gather_positions(slots), position_ids)
+            if memory.layer_values is not None:  # copy_deepstack="source": the copied slot's per-layer inputs too
+                per_token = memory.gather_layer_values(slots).to(embeds.dtype)  # (n, B, L, D)
+                if visual_mask is not None:  # image tokens of this call keep their own inputs
+                    per_token = per_token.masked_scatter(visual_mask[None, ..., None], torch.stack(layer_inputs))
+                visual_mask = is_ptr if visual_mask is None else visual_mask | is_ptr
+                layer_inputs = tuple(per_token[:, visual_mask].unbind(0))
 
-        out = self._decoder(embeds, attention_mask, position_ids, cache, use_cache, **kwargs)
+        out = self._decoder(embeds, attention_mask, position_ids, cache, use_cache,
+                            visual_mask=visual_mask if layer_inputs else None, layer_inputs=layer_inputs or None,
+                            **kwargs)
         hidden = out.last_hidden_state
 
         if prefill:
@@ -158,6 +278,60 @@ class PointCopyMixin:
             result.gen_loss, result.copy_loss = parts.gen_loss.detach(), parts.copy_loss.detach()
             result.copy_accuracy = parts.copy_accuracy
         return result
+
+    def _check_image_inputs(self, image_mask, pixel_values, image_grid_thw) -> None:
+        """ValueError naming the sample / field when image tokens, grids and pixel rows disagree."""
+        counts = image_mask.sum(-1).tolist()
+        if pixel_values is None or image_grid_thw is None:
+            b = next(i for i, c in enumerate(counts) if c)
+            missing = "pixel_values" if pixel_values is None else "image_grid_thw"
+            raise ValueError(f"sample {b}: {counts[b]} image tokens in input_ids but {missing} is None")
+        images_per_sample(counts, self.tokens_per_image(image_grid_thw))  # raises with sample + field
+        expected_rows = sum(self.patch_rows_per_image(image_grid_thw))
+        if pixel_values.shape[0] != expected_rows:
+            raise ValueError(f"pixel_values has {pixel_values.shape[0]} patch rows but image_grid_thw "
+                             f"{image_grid_thw.tolist()} describes {expected_rows}")
+
+    # ---- generate integration --------------------------------------------------------------------------------
+    def _prepare_position_ids_for_generation(self, inputs_tensor, model_kwargs):
+        # Positions are computed inside forward (prefill: the backbone's; decode: from the cache's per-row offsets),
+        # which keeps left-padded rows identical to unpadded ones and supports copy_position="source_patch".
+        return None
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+        cache = model_kwargs.get("cache")
+        if type(cache) is DynamicCache and not getattr(cache, "_is_user_defined", False):
+            model_kwargs["cache"] = PointCopyCache(config=self.config.get_text_config(decoder=True))
+
+    def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None,
+                                      **model_kwargs):
+        """Beam search / num_return_sequences: repeat each sample's *images* with the sample (pixel_values rows
+        are patches, not samples, so the generic repeat_interleave would be wrong)."""
+        if expand_size == 1:
+            return input_ids, model_kwargs
+        pixel_values = model_kwargs.pop("pixel_values", None)
+        grid = model_kwargs.pop("image_grid_thw", None)
+        if pixel_values is not None and grid is not None and input_ids is not None:
+            counts = self._image_token_mask(input_ids).sum(-1).tolist()
+            per_sample = images_per_sample(counts, self.tokens_per_image(grid))
+            row_start = [0]
+            for r in self.patch_rows_per_image(grid):
+                row_start.append(row_start[-1] + r)
+            pv_parts, grid_parts, image = [], [], 0
+            for n in per_sample:
+                lo, hi = row_start[image], row_start[image + n]
+                pv_parts += [pixel_values[lo:hi]] * expand_size
+                grid_parts += [grid[image:image + n]] * expand_size
+                image += n
+            pixel_values, grid = torch.cat(pv_parts), torch.cat(grid_parts)
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(expand_size, is_encoder_decoder,
+                                                                        input_ids, **model_kwargs)
+        if pixel_values is not None:
+            model_kwargs["pixel_values"] = pixel_values
+        if grid is not None:
+            model_kwargs["image_grid_thw"] = grid
+        return input_ids, model_kwargs
 
     def combine_logits(self, hidden: torch.Tensor, memory: CopyMemory) -> torch.Tensor:
         """hidden (B, L, D) -> (B, L, copy_token_start + K): vocabulary logits then pointer logits."""
@@ -196,14 +370,14 @@ def _rope_deltas(position_ids: torch.Tensor, attention_mask: torch.Tensor | None
     return (top + 1 - n_real)[:, None]
 
 
-def _decode_positions(rope_deltas, attention_mask, past: int, length: int) -> torch.Tensor:
-    """(3, B, length) sequential positions of new tokens after `past` cached ones."""
+def _decode_positions(rope_deltas, attention_mask, past: int, length: int, axes: int) -> torch.Tensor:
+    """(axes, B, length) sequential positions of new tokens after `past` cached ones (equal on every axis)."""
     if attention_mask is not None and attention_mask.dim() == 2:
         n_before = attention_mask[:, :past].sum(-1)
     else:
         n_before = torch.full((rope_deltas.shape[0],), past, device=rope_deltas.device)
     steps = torch.arange(length, device=rope_deltas.device)
-    return (n_before[:, None] + rope_deltas + steps[None, :])[None].expand(3, -1, -1)
+    return (n_before[:, None] + rope_deltas + steps[None, :])[None].expand(axes, -1, -1)
 
 
 def _check_pointers(input_ids, slots, is_ptr, num_slots, start) -> None:
@@ -213,3 +387,35 @@ def _check_pointers(input_ids, slots, is_ptr, num_slots, start) -> None:
         raise ValueError(f"sample {b}: input_ids[{b}, {t}] = {int(input_ids[b, t])} is pointer slot "
                          f"{int(slots[b, t])}, but the sample has only {int(num_slots[b])} image tokens "
                          f"(pointer ids {start}..{start + int(num_slots[b]) - 1})")
+
+
+def text_positions(ids: torch.Tensor, attention_mask: torch.Tensor | None, axes: int) -> torch.Tensor:
+    """(axes, B, L) positions of a text-only prefill: 0, 1, ... over each row's real tokens (left padding skipped)."""
+    if attention_mask is not None and attention_mask.dim() == 2:
+        pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    else:
+        pos = torch.arange(ids.shape[1], device=ids.device)[None].expand(ids.shape[0], -1)
+    return pos[None].expand(axes, -1, -1)
+
+
+def images_per_sample(token_counts: list[int], tokens_per_image: list[int]) -> list[int]:
+    """Assign images (in order) to samples: sample b's image-token count must be a sum of consecutive images.
+
+    Raises ValueError naming the sample when counts and grids disagree.
+    """
+    result, i = [], 0
+    for b, need in enumerate(token_counts):
+        n, got = 0, 0
+        while got < need and i < len(tokens_per_image):
+            got += tokens_per_image[i]
+            i += 1
+            n += 1
+        if got != need:
+            raise ValueError(f"sample {b}: {need} image tokens in input_ids do not match its images in "
+                             f"image_grid_thw/pixel_values (tokens per image {tokens_per_image}; sample {b} "
+                             f"would get {got})")
+        result.append(n)
+    if i != len(tokens_per_image):
+        raise ValueError(f"image_grid_thw has {len(tokens_per_image)} images but input_ids only have image tokens "
+                         f"for {i} (tokens per image {tokens_per_image}, per sample {token_counts})")
+    return result

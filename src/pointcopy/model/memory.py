@@ -5,7 +5,10 @@
     keys       (B, K, Dh)  Lk(states at the image tokens)       -> pointer logits
     values     (B, K, D)   merger embeddings, detached           -> input embedding of a pointer token
     mask       (B, K)      True for the sample's real slots (right padding to the batch's largest K)
-    positions  (3, B, K)   M-RoPE (t, h, w) positions of the slots (used by copy_position="source_patch")
+    positions  (A, B, K)   positions of the slots, A = the backbone's position axes (M-RoPE: 3, (t, h, w));
+                           used by copy_position="source_patch"
+    layer_values (n, B, K, D) or None: per-layer visual inputs of the slots (Qwen3-VL deepstack), detached like
+                           the values; kept only with copy_deepstack="source" (added at copied positions)
 
 `PointCopyCache` is a `DynamicCache` that also owns the memory and the per-sequence text-position offset, so that
 every row operation generate applies to the KV cache (beam reordering, batch selection, repetition) is applied to
@@ -26,6 +29,7 @@ class CopyMemory:
     values: torch.Tensor
     mask: torch.Tensor
     positions: torch.Tensor
+    layer_values: torch.Tensor | None = None
     # inference only: keys with the query projection folded in (PointerHeads.absorb_query), built lazily
     absorbed: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -38,7 +42,9 @@ class CopyMemory:
         """Rows `index` (beam reordering / batch selection), in that order."""
         index = index.to(self.keys.device)
         absorbed = None if self.absorbed is None else tuple(t[index] for t in self.absorbed)
-        return CopyMemory(self.keys[index], self.values[index], self.mask[index], self.positions[:, index], absorbed)
+        layer_values = None if self.layer_values is None else self.layer_values[:, index]
+        return CopyMemory(self.keys[index], self.values[index], self.mask[index], self.positions[:, index],
+                          layer_values, absorbed)
 
     def repeat_interleave(self, repeats: int) -> "CopyMemory":
         return CopyMemory(
@@ -46,6 +52,7 @@ class CopyMemory:
             self.values.repeat_interleave(repeats, 0),
             self.mask.repeat_interleave(repeats, 0),
             self.positions.repeat_interleave(repeats, 1),
+            None if self.layer_values is None else self.layer_values.repeat_interleave(repeats, 1),
             None if self.absorbed is None else tuple(t.repeat_interleave(repeats, 0) for t in self.absorbed),
         )
 
@@ -55,9 +62,14 @@ class CopyMemory:
         return self.values[b, slots]
 
     def gather_positions(self, slots: torch.Tensor) -> torch.Tensor:
-        """(B, L) slot indices -> (3, B, L) source-patch positions."""
+        """(B, L) slot indices -> (A, B, L) source-patch positions."""
         b = torch.arange(slots.shape[0], device=slots.device)[:, None]
         return self.positions[:, b, slots]
+
+    def gather_layer_values(self, slots: torch.Tensor) -> torch.Tensor:
+        """(B, L) slot indices -> (n, B, L, D) per-layer visual inputs of the copied slots."""
+        b = torch.arange(slots.shape[0], device=slots.device)[:, None]
+        return self.layer_values[:, b, slots]
 
 
 class PointCopyCache(DynamicCache):

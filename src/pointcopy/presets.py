@@ -1,4 +1,4 @@
-"""Tiny offline presets: a Qwen-style tokenizer, processor and Qwen2.5-VL-shaped point-and-copy config.
+"""Tiny offline presets: a Qwen-style tokenizer, processor and point-and-copy configs (Qwen2.5-VL or Qwen3-VL).
 
 Everything is built locally (no hub): a byte-level BPE trained on a small built-in corpus, Qwen's special tokens
 appended after the ordinary vocabulary (as in Qwen, so pointer ids start right after them), Qwen2.5-VL's chat
@@ -117,9 +117,17 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(vocab.encode()).hexdigest()[:16]
 
 
+# Qwen3-VL's image processing (hub preprocessor configs: patch 16, merge 2, mean = std = 0.5) with tiny pixel bounds
+# (4 to 256 merged 32-px cells, as the Qwen2.5-VL default's 4 to 256 cells of 28 px).
+QWEN3_VL_PROCESSOR = dict(patch_size=16, merge_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+                          min_pixels=64 * 64, max_pixels=32 * 32 * 256)
+
+
 def build_tiny_processor(tokenizer=None, min_pixels: int = 56 * 56, max_pixels: int = 28 * 28 * 256,
-                         default_system_prompt: bool = True):
-    """PointCopyProcessor with the PIL image processor (patch 14, merge 2) and the tiny tokenizer.
+                         default_system_prompt: bool = True, patch_size: int = 14, merge_size: int = 2,
+                         image_mean: list[float] | None = None, image_std: list[float] | None = None):
+    """PointCopyProcessor with the PIL image processor and the tiny tokenizer. Defaults: Qwen2.5-VL's patch 14,
+    merge 2 and CLIP mean/std; `**QWEN3_VL_PROCESSOR` gives Qwen3-VL's 16-px patches.
 
     `default_system_prompt=False` sets `CHAT_TEMPLATE_NO_DEFAULT_SYSTEM` (saved with the processor, so a model
     trained with it is prompted the same way wherever it is loaded)."""
@@ -130,16 +138,19 @@ def build_tiny_processor(tokenizer=None, min_pixels: int = 56 * 56, max_pixels: 
     tokenizer = tokenizer or build_tiny_tokenizer()
     if not default_system_prompt:
         tokenizer.chat_template = CHAT_TEMPLATE_NO_DEFAULT_SYSTEM
-    image_processor = Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14,
-                                               temporal_patch_size=2, merge_size=2)
+    norm = {k: v for k, v in (("image_mean", image_mean), ("image_std", image_std)) if v is not None}
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=patch_size,
+                                               temporal_patch_size=2, merge_size=merge_size, **norm)
     return PointCopyProcessor(tokenizer, image_processor)
 
 
-def tiny_config(tokenizer=None, *, hidden_size: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
-                vision_hidden: int = 32, vision_depth: int = 2, **copy_fields):
-    """A Qwen2.5-VL-shaped PointCopyConfig whose ids match `tokenizer` (pointer ids start at len(tokenizer))."""
-    from .model import PointCopyConfig
+def tiny_config(tokenizer=None, *, backbone: str = "qwen2_5_vl", hidden_size: int = 64, layers: int = 2,
+                heads: int = 4, kv_heads: int = 2, vision_hidden: int = 32, vision_depth: int = 2, **copy_fields):
+    """A tiny point-and-copy config whose ids match `tokenizer` (pointer ids start at len(tokenizer)).
 
+    `backbone="qwen2_5_vl"` (default): a Qwen2.5-VL-shaped `PointCopyConfig`. `backbone="qwen3_vl"`: a
+    `PointCopyQwen3VLConfig` (patch 16, learned vision position embeddings, deepstack after the first
+    min(2, vision_depth) ViT blocks, interleaved M-RoPE)."""
     tokenizer = tokenizer or build_tiny_tokenizer()
     ids = tokenizer.convert_tokens_to_ids
     n = len(tokenizer)
@@ -151,25 +162,41 @@ def tiny_config(tokenizer=None, *, hidden_size: int = 64, layers: int = 2, heads
                 rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                     "mrope_section": section},
                 eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"), bos_token_id=None)
+    fields = dict(copy_token_start=n, region_token_id=ids("<|fim_pad|>"))
+    fields.update(copy_fields)
+    tokens = dict(image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+                  vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+                  tie_word_embeddings=False)
+    if backbone == "qwen3_vl":
+        from .model.qwen3_vl import PointCopyQwen3VLConfig
+
+        text["head_dim"] = head_dim
+        text["rope_parameters"]["mrope_interleaved"] = True
+        vision = dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
+                      num_heads=max(1, vision_hidden // 16), out_hidden_size=hidden_size, patch_size=16,
+                      spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
+                      deepstack_visual_indexes=list(range(min(2, vision_depth))), in_channels=3)
+        return PointCopyQwen3VLConfig(text_config=text, vision_config=vision, **tokens, **fields)
+    if backbone != "qwen2_5_vl":
+        raise ValueError(f"unknown tiny backbone {backbone!r}; choose 'qwen2_5_vl' or 'qwen3_vl'")
+    from .model import PointCopyConfig
+
     vision = dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
                   num_heads=max(1, vision_hidden // 16), out_hidden_size=hidden_size, patch_size=14,
                   spatial_merge_size=2, temporal_patch_size=2, window_size=56,
                   fullatt_block_indexes=[vision_depth - 1], in_channels=3)
-    fields = dict(copy_token_start=n, region_token_id=ids("<|fim_pad|>"))
-    fields.update(copy_fields)
-    return PointCopyConfig(text_config=text, vision_config=vision, image_token_id=ids("<|image_pad|>"),
-                           video_token_id=ids("<|video_pad|>"), vision_start_token_id=ids("<|vision_start|>"),
-                           vision_end_token_id=ids("<|vision_end|>"), tie_word_embeddings=False, **fields)
+    return PointCopyConfig(text_config=text, vision_config=vision, **tokens, **fields)
 
 
 def tiny_model(seed: int = 0, tokenizer=None, **config_kwargs):
-    """A randomly initialised tiny PointCopyForConditionalGeneration (float32, eval mode)."""
+    """A randomly initialised tiny point-and-copy model (float32, eval mode); `backbone="qwen3_vl"` for Qwen3-VL."""
     import torch
 
-    from .model import PointCopyForConditionalGeneration
+    from .model.convert import adapter_for
 
+    config = tiny_config(tokenizer, **config_kwargs)
     torch.manual_seed(seed)
-    model = PointCopyForConditionalGeneration(tiny_config(tokenizer, **config_kwargs))
+    model = adapter_for(config.model_type)(config)
     model.generation_config.eos_token_id = model.config.text_config.eos_token_id
     model.generation_config.pad_token_id = model.config.text_config.pad_token_id
     return model.eval()
@@ -189,6 +216,9 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(hidden_size=64, layers=2, heads=4, kv_heads=2, vision_hidden=32, vision_depth=2),
     # the embedded default (pointcopy.embedded.recipe): ~1.2M parameters, trains on 2 CPU cores in minutes
     "shapes-tiny": dict(hidden_size=128, layers=4, heads=4, kv_heads=2, vision_hidden=64, vision_depth=2),
+    # a tiny Qwen3-VL (16-px patches, deepstack after ViT blocks 0 and 1, copy_deepstack="source")
+    "tiny-qwen3": dict(backbone="qwen3_vl", hidden_size=64, layers=3, heads=4, kv_heads=2, vision_hidden=32,
+                       vision_depth=3),
 }
 
 
@@ -196,6 +226,7 @@ PRESETS: dict[str, dict] = {
 PRESET_PROCESSORS: dict[str, dict] = {
     # shapes-tiny is prompted without Qwen's default system block: 0.9x the tokens of an average training row
     "shapes-tiny": dict(default_system_prompt=False),
+    "tiny-qwen3": QWEN3_VL_PROCESSOR,
 }
 
 
@@ -213,19 +244,24 @@ def build_preset(name: str, seed: int = 0, default_system_prompt: bool | None = 
 
 
 def plain_qwen_config(config):
-    """The Qwen2.5-VL backbone config of a PointCopyConfig (copy fields dropped), for baselines and conversions."""
-    from transformers import Qwen2_5_VLConfig
+    """The backbone config of a point-and-copy config (copy fields dropped): a `Qwen2_5_VLConfig`, or a
+    `Qwen3VLConfig` for a Qwen3-VL one; for baselines and conversions."""
+    from transformers import Qwen2_5_VLConfig, Qwen3VLConfig
 
     d = config.to_dict()
-    return Qwen2_5_VLConfig(**{k: v for k, v in d.items()
-                               if k in ("text_config", "vision_config", "tie_word_embeddings") or k.endswith("token_id")})
+    cls = Qwen3VLConfig if isinstance(config, Qwen3VLConfig) else Qwen2_5_VLConfig
+    return cls(**{k: v for k, v in d.items()
+                  if k in ("text_config", "vision_config", "tie_word_embeddings") or k.endswith("token_id")})
 
 
 def plain_qwen_twin(model):
-    """A plain `Qwen2_5_VLForConditionalGeneration` with `model`'s backbone weights (pointer heads dropped)."""
-    from transformers import Qwen2_5_VLForConditionalGeneration
+    """A plain transformers model (`Qwen2_5_VLForConditionalGeneration` or `Qwen3VLForConditionalGeneration`)
+    with `model`'s backbone weights (pointer heads dropped)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
-    plain = Qwen2_5_VLForConditionalGeneration(plain_qwen_config(model.config))
+    config = plain_qwen_config(model.config)
+    cls = Qwen3VLForConditionalGeneration if isinstance(config, Qwen3VLConfig) else Qwen2_5_VLForConditionalGeneration
+    plain = cls(config)
     plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("pointer.")})
     plain.generation_config.eos_token_id = model.generation_config.eos_token_id
     plain.generation_config.pad_token_id = model.generation_config.pad_token_id

@@ -162,9 +162,10 @@ def load_model(path: str, kind: str, dtype: str = "auto", device: str = "cpu"):
     check_model_source(path)  # a mistyped directory or a damaged checkpoint: one line, before any download
     kwargs: dict[str, Any] = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype)}
     if kind == "baseline-qwen":
-        from transformers import Qwen2_5_VLForConditionalGeneration
+        from transformers import AutoModelForImageTextToText
 
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, **kwargs)
+        # the plain backbone by config.json's model_type (qwen2_5_vl, qwen3_vl, ...)
+        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
         # A plain Qwen has no pointers: put the pointer range past its vocabulary, so an id beyond the tokenizer
         # (Qwen pads its embedding matrix) decodes as text instead of being read as <|copy_k|>.
         copy_start = model.get_output_embeddings().weight.shape[0]

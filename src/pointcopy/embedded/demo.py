@@ -1,8 +1,8 @@
 """`run_demo`: one grounded answer from the embedded model, printed and rendered to demo.html + an overlay PNG.
 
-The model is the shipped `shapes-tiny` checkpoint (`embedded/assets/shapes-tiny`, trained at commit 61821fe with
-`pointcopy shapes train --processes 1 --threads 1`, see the README); if it is absent, the recipe trains one on
-first use (progress bar, a few minutes on 2 cores) and caches it under `~/.cache/pointcopy/shapes-tiny`.
+The model is the shipped `shapes-tiny` checkpoint (`embedded/assets/shapes-tiny`; how it was trained:
+docs/embedded-world.md#the-shipped-checkpoint); if it is absent, the recipe trains one on first use (with a progress
+bar) and caches it under `~/.cache/pointcopy/shapes-tiny`.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import argparse
 
 from pointcopy.commands import ablate, shapes
@@ -34,7 +36,7 @@ def test_checkpoint_recipe_round_trip(tmp_path):
     from pointcopy.embedded.recipe import RECIPE_FILE, load_recipe
 
     assert load_recipe(tmp_path) == ShapesRecipe()  # no RECIPE.json: the default recipe
-    trained = ShapesRecipe(position_tint=12, max_objects=6)
+    trained = ShapesRecipe(scenes=replace(ShapesRecipe().scenes, position_tint=12, max_objects=6))
     (tmp_path / RECIPE_FILE).write_text(json.dumps({"recipe": {**asdict(trained), "retired_field": 1},
                                                     "variant": "copy", "seed": 0}))
     got = load_recipe(tmp_path)
@@ -63,3 +65,43 @@ def test_a_finished_run_is_reused_only_for_the_recipe_it_was_trained_with(tmp_pa
     (final / RECIPE_FILE).write_text(json.dumps({"recipe": stored, "variant": "copy", "seed": 0}))
     with pytest.raises(ValueError, match="z_loss_top_k: '<not recorded>' -> 0"):
         train_variant(tmp_path, trained, "copy", seed=0)
+
+
+def test_each_stage_has_the_flags_it_reads():
+    import pytest
+
+    def flags(stage):
+        parser = argparse.ArgumentParser()
+        shapes.add_arguments(parser)
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[stage]
+        return {o for a in sub._actions for o in a.option_strings}
+
+    data, train, evaluate = flags("data"), flags("train"), flags("eval")
+    assert {"--max-objects", "--exclusive-cells", "--train-items", "--test-seed"} <= data
+    assert not {"--steps", "--learning-rate", "--model", "--variant"} & data
+    assert {"--steps", "--learning-rate", "--max-objects", "--ship", "--variant"} <= train
+    assert {"--model", "--limit", "--no-pointing", "--max-new-tokens", "--test-items", "--max-objects"} <= evaluate
+    assert not {"--steps", "--learning-rate", "--ship"} & evaluate
+    recipe = shapes.recipe_from(_parse(shapes, ["train", "--max-objects", "6", "--steps", "20"]))
+    assert recipe.scenes.max_objects == 6 and recipe.scenes.exclusive_cells is True and recipe.steps == 20
+    with pytest.raises(SystemExit):
+        _parse(shapes, ["eval", "--steps", "20"])  # eval does not train
+
+
+def test_recipes_written_before_scenes_were_nested_still_load_and_match(tmp_path):
+    import json
+    from dataclasses import asdict
+
+    from pointcopy.embedded.recipe import RECIPE_FILE, _check_same_training, load_recipe
+
+    current = ShapesRecipe()
+    old = {k: v for k, v in asdict(current).items() if k != "scenes"}
+    old.update({k: getattr(current.scenes, k) for k in ("min_objects", "max_objects", "position_tint",
+                                                          "exclusive_cells")})
+    (tmp_path / RECIPE_FILE).write_text(json.dumps({"recipe": old, "variant": "copy", "seed": 0}))
+    assert load_recipe(tmp_path) == current
+    _check_same_training(tmp_path, current)  # the same training: not refused
+    import pytest
+
+    with pytest.raises(ValueError, match=r"scenes.max_objects: 8 -> 6"):
+        _check_same_training(tmp_path, current.with_(scenes=replace(current.scenes, max_objects=6)))

@@ -2,7 +2,10 @@
 
     pointcopy shapes all --root runs/shapes            # data -> train (copy variant) -> held-out metrics
     pointcopy shapes train --root runs/shapes --ship   # ... and install the result as the demo's checkpoint
-Every `ShapesRecipe` field is a flag (e.g. `--steps 900 --train-items 4000 --threads 2`).
+    pointcopy shapes eval --root runs/shapes --model src/pointcopy/embedded/assets/shapes-tiny
+
+Each stage has the flags it uses (`pointcopy shapes train --help`): the `ShapesRecipe` fields (its scene fields
+included, e.g. `--max-objects 6`) that the stage reads, plus the stage's own options.
 """
 
 from __future__ import annotations
@@ -11,46 +14,59 @@ import argparse
 import dataclasses
 import json
 import shutil
-import typing
 from pathlib import Path
 
-from .args import output_dir, positive_int
+from .args import add_dataclass_arguments, dataclass_from_args, output_dir, positive_int
+
+# ShapesRecipe fields each stage reads (None: all); the scene fields decide data and the held-out split alike
+_DATA = ("train_items", "test_items", "train_seed", "test_seed")
+_EVAL = ("test_items", "test_seed", "threads", "eval_batch_size", "max_new_tokens")
 
 
-def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+def _scene_fields() -> tuple[str, ...]:
+    from pointcopy.data.shapes.scene import SceneConfig
+
+    return tuple(f.name for f in dataclasses.fields(SceneConfig))
+
+
+STAGES = {
+    "data": ("build the train and held-out splits under ROOT/data", lambda: _DATA + _scene_fields()),
+    "train": ("build the data if needed, then train one variant", lambda: None),
+    "eval": ("held-out metrics of a trained run (or of --model)", lambda: _EVAL + _scene_fields()),
+    "all": ("data, train, eval", lambda: None),
+}
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser, only=None) -> None:
+    """The `ShapesRecipe` flags (all, or the fields named in `only`)."""
     from pointcopy.embedded.recipe import ShapesRecipe
 
-    hints = typing.get_type_hints(ShapesRecipe)
-    for f in dataclasses.fields(ShapesRecipe):
-        if f.name == "preset_overrides":
-            parser.add_argument("--preset-overrides", type=json.loads, default={},
-                                help="JSON object of model config fields")
-            continue
-        hint = hints[f.name]
-        base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)  # Optional[X] -> X
-        if base is bool:  # --group-by-length / --no-group-by-length (type=bool would read "False" as True)
-            parser.add_argument("--" + f.name.replace("_", "-"), action=argparse.BooleanOptionalAction,
-                                default=f.default)
-            continue
-        parser.add_argument("--" + f.name.replace("_", "-"), type=base, default=f.default)
+    add_dataclass_arguments(parser, ShapesRecipe, only=only,
+                            helps={"preset_overrides": "JSON object of model config fields"})
 
 
 def recipe_from(args):
+    """The recipe of parsed flags; fields a stage has no flag for keep the recipe's defaults."""
     from pointcopy.embedded.recipe import ShapesRecipe
 
-    return ShapesRecipe(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ShapesRecipe)})
+    return dataclass_from_args(ShapesRecipe, args)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("stage", choices=["data", "train", "eval", "all"])
-    parser.add_argument("--root", type=output_dir, default="runs/shapes", help="working directory (data/, runs/)")
-    parser.add_argument("--variant", default="copy", choices=["copy", "coord", "nocopy"])
-    parser.add_argument("--seed", type=int, default=0, help="training seed")
-    parser.add_argument("--model", help="model directory to evaluate (default: the trained run's final/)")
-    parser.add_argument("--limit", type=positive_int, help="evaluate on the first N held-out items")
-    parser.add_argument("--no-pointing", action="store_true", help="evaluate with pointing disabled")
-    parser.add_argument("--ship", action="store_true", help="copy the trained model to the demo's asset folder")
-    add_recipe_arguments(parser)
+    stages = parser.add_subparsers(dest="stage", required=True, metavar="{" + ",".join(STAGES) + "}")
+    for name, (help_text, fields) in STAGES.items():
+        sub = stages.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--root", type=output_dir, default="runs/shapes", help="working directory (data/, runs/)")
+        if name != "data":
+            sub.add_argument("--variant", default="copy", choices=["copy", "coord", "nocopy"])
+            sub.add_argument("--seed", type=int, default=0, help="training seed")
+        if name in ("train", "all"):
+            sub.add_argument("--ship", action="store_true", help="copy the trained model to the demo's asset folder")
+        if name in ("eval", "all"):
+            sub.add_argument("--model", help="model directory to evaluate (default: the trained run's final/)")
+            sub.add_argument("--limit", type=positive_int, help="evaluate on the first N held-out items")
+            sub.add_argument("--no-pointing", action="store_true", help="evaluate with pointing disabled")
+        add_recipe_arguments(sub, only=fields())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,11 +76,11 @@ def run(args: argparse.Namespace) -> int:
     recipe, root = recipe_from(args), Path(args.root)
     if args.stage in ("data", "all", "train"):
         build_data(root, recipe)
-    model_dir = Path(args.model) if args.model else None
+    model_dir = Path(args.model) if getattr(args, "model", None) else None
     if args.stage in ("train", "all"):
         model_dir = train_variant(root, recipe, args.variant, seed=args.seed)
         print(f"model: {model_dir}")
-        if args.ship:
+        if getattr(args, "ship", False):
             from pointcopy.embedded.demo import ASSET
 
             shutil.rmtree(ASSET, ignore_errors=True)
@@ -80,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
             build_split(root / "data" / "test", recipe.test_items, recipe.test_seed, config=recipe.scenes)
         # A model given by --model (e.g. the shipped asset) keeps its folder clean: outputs go under --root.
-        out_dir = root / "eval" / Path(model_dir).name if args.model else Path(model_dir).parent
+        out_dir = root / "eval" / Path(model_dir).name if getattr(args, "model", None) else Path(model_dir).parent
         out_dir.mkdir(parents=True, exist_ok=True)
         suffix = "-nopointing" if args.no_pointing else ""
         result = evaluate_model(model_dir, root / "data" / "test", recipe, limit=args.limit,

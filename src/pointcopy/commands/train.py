@@ -9,38 +9,24 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import typing
+
+from .args import add_dataclass_arguments, dataclass_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pointcopy.training.run import TrainOptions
 
-    hints = typing.get_type_hints(TrainOptions)
-    for f in dataclasses.fields(TrainOptions):
-        flag = "--" + f.name.replace("_", "-")
-        hint = hints[f.name]
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)  # `X | None` -> X
-        if base is bool:  # --x / --no-x (unset: the default, None for `bool | None`); type=bool reads "False" as True
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-        elif f.name in ("train_data", "eval_data"):
-            parser.add_argument(flag, nargs="+", required=required,
-                                default=None if required else [], help="v1g JSONL/JSON/parquet files")
-        elif f.name == "model_overrides":
-            parser.add_argument(flag, type=json.loads, default={},
-                                help='JSON object of config fields, e.g. \'{"pointing_enabled": false}\'')
-        else:
-            parser.add_argument(flag, type=base, required=required, default=None if required else f.default)
+    add_dataclass_arguments(parser, TrainOptions, helps={
+        "train_data": "v1g JSONL/JSON/parquet files", "eval_data": "v1g JSONL/JSON/parquet files",
+        "model_overrides": 'JSON object of config fields, e.g. \'{"pointing_enabled": false}\''})
 
 
 def run(args: argparse.Namespace) -> int:
     from pointcopy.training.run import TrainOptions, close_process_group, train
 
-    names = {f.name for f in dataclasses.fields(TrainOptions)}
     try:
-        summary = train(TrainOptions(**{k: v for k, v in vars(args).items() if k in names}))
+        summary = train(dataclass_from_args(TrainOptions, args))
     finally:
         close_process_group()  # under `accelerate launch`: before interpreter shutdown, see its docstring
     last = next((h for h in reversed(summary["log_history"]) if "loss" in h), {})

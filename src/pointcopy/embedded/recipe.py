@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from ..data.shapes.scene import SceneConfig
@@ -30,14 +30,12 @@ class ShapesRecipe:
     test_items: int = 300
     train_seed: int = 1
     test_seed: int = 2
-    min_objects: int = 3
-    max_objects: int = 8
-    # Per-cell background tint (SceneConfig.position_tint). Off: it did not help answers or regions
-    # (measurements: docs/embedded-world.md#position-tint).
-    position_tint: int = 0
-    # Every merged cell shows at most one object (SceneConfig.exclusive_cells), so each copy is one object's evidence
-    # (measurements: docs/embedded-world.md#cells-of-their-own).
-    exclusive_cells: bool = True
+    # The scenes (data.shapes.scene.SceneConfig; each field is a flag of its own, e.g. --max-objects): 3-8 objects;
+    # every merged cell shows at most one object (exclusive_cells), so each copy is one object's evidence
+    # (measurements: docs/embedded-world.md#cells-of-their-own); no per-cell background tint (position_tint 0): it
+    # did not help answers or regions (docs/embedded-world.md#position-tint).
+    scenes: SceneConfig = field(default_factory=lambda: SceneConfig(min_objects=3, max_objects=8,
+                                                                    exclusive_cells=True))
     # As many steps as fit the 10 minutes of `shapes train` the embedded default is given (from a fresh root, with
     # the levers below); more steps would still raise accuracy (measurements: docs/embedded-world.md#steps).
     steps: int = 1100
@@ -81,18 +79,36 @@ class ShapesRecipe:
     preset_overrides: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        check_minimums(self, {"train_items": 1, "test_items": 1, "min_objects": 1, "max_objects": self.min_objects,
-                              "steps": 1, "batch_size": 1, "vision_warmup_steps": 0, "warmup_ratio": 0,
+        check_minimums(self, {"train_items": 1, "test_items": 1, "steps": 1, "batch_size": 1, "vision_warmup_steps": 0, "warmup_ratio": 0,
                               "threads": 1, "processes": 1, "length_chunks": 1, "eval_batch_size": 1,
                               "max_new_tokens": 1, "learning_rate": 0}, exclusive=("learning_rate",))
 
-    @property
-    def scenes(self) -> SceneConfig:
-        return SceneConfig(min_objects=self.min_objects, max_objects=self.max_objects,
-                           exclusive_cells=self.exclusive_cells, position_tint=self.position_tint)
-
     def with_(self, **changes) -> "ShapesRecipe":
         return replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, stored: dict) -> "ShapesRecipe":
+        """A recipe from `asdict` output, also of older versions: unknown fields are ignored, and the scene fields
+        older recipes kept at the top level (min_objects, ...) go into `scenes`."""
+        known = {f.name for f in fields(cls)}
+        scene = {f.name for f in fields(SceneConfig)}
+        nested = dict(stored.get("scenes") or {})
+        for k in _FORMERLY_FLAT:
+            if k in stored:
+                nested.setdefault(k, stored[k])
+        base = cls()
+        return cls(**{k: v for k, v in stored.items() if k in known and k != "scenes"},
+                   scenes=replace(base.scenes, **{k: v for k, v in nested.items() if k in scene}))
+
+    def flat(self) -> dict:
+        """Field -> value with the scene fields as `scenes.<name>` (what two recipes are compared by)."""
+        out = {k: v for k, v in asdict(self).items() if k != "scenes"}
+        out.update({f"scenes.{k}": v for k, v in asdict(self.scenes).items()})
+        return out
+
+
+# scene fields that recipes written before `scenes` was nested stored at the top level
+_FORMERLY_FLAT = ("min_objects", "max_objects", "position_tint", "exclusive_cells")
 
 
 def build_data(root: str | Path, recipe: ShapesRecipe = ShapesRecipe(), progress: bool = True) -> dict[str, dict]:
@@ -217,8 +233,8 @@ _EVAL_ONLY = {"test_items", "test_seed", "eval_batch_size", "max_new_tokens"}
 def _check_same_training(final: Path, recipe: ShapesRecipe) -> None:
     """Refuse to reuse a finished run trained with another recipe (a resumed ablation would mix recipes)."""
     path = final / RECIPE_FILE
-    stored = json.loads(path.read_text()).get("recipe", {}) if path.is_file() else {}
-    wanted = asdict(recipe)
+    stored = _flat_stored(json.loads(path.read_text()).get("recipe", {}) if path.is_file() else {})
+    wanted = recipe.flat()
     missing = "<not recorded>"
     differ = sorted(k for k in wanted if k not in _EVAL_ONLY and stored.get(k, missing) != wanted[k])
     if differ:
@@ -226,14 +242,24 @@ def _check_same_training(final: Path, recipe: ShapesRecipe) -> None:
         raise ValueError(f"{final} was trained with another recipe ({changes}): delete it or use another --root")
 
 
+def _flat_stored(stored: dict) -> dict:
+    """A stored recipe dict in `ShapesRecipe.flat` keys. A recipe from before `scenes` was nested kept four scene
+    fields at the top level and ran with SceneConfig's defaults for the others, so those count as recorded."""
+    out = {k: v for k, v in stored.items() if k != "scenes" and k not in _FORMERLY_FLAT}
+    if isinstance(stored.get("scenes"), dict):
+        out.update({f"scenes.{k}": v for k, v in stored["scenes"].items()})
+    elif stored:
+        out.update({f"scenes.{k}": stored[k] for k in _FORMERLY_FLAT if k in stored})
+        out.update({f"scenes.{f.name}": f.default for f in fields(SceneConfig) if f.name not in _FORMERLY_FLAT})
+    return out
+
+
 def load_recipe(model_dir: str | Path) -> ShapesRecipe:
     """The recipe a model was trained with (`RECIPE.json` beside its weights); the default one if absent."""
     path = Path(model_dir) / RECIPE_FILE
     if not path.is_file():
         return ShapesRecipe()
-    stored = json.loads(path.read_text()).get("recipe", {})
-    known = {f for f in ShapesRecipe.__dataclass_fields__}
-    return ShapesRecipe(**{k: v for k, v in stored.items() if k in known})
+    return ShapesRecipe.from_dict(json.loads(path.read_text()).get("recipe", {}))
 
 
 def evaluate_model(model_dir: str | Path, test_dir: str | Path, recipe: ShapesRecipe = ShapesRecipe(), *,

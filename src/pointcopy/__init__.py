@@ -9,6 +9,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "PointCopyConfig": "pointcopy.model",
     "PointCopyForConditionalGeneration": "pointcopy.model",
+    "PointCopyQwen3VLConfig": "pointcopy.model",
+    "PointCopyQwen3VLForConditionalGeneration": "pointcopy.model",
     "CopyMemory": "pointcopy.model",
 }
 

@@ -328,7 +328,9 @@ def test_pointing_learns_on_qwen3_preset(tmp_path):
     assert out.copy_accuracy.item() >= 0.75
 
 
-def test_cli_train_smoke_on_qwen3_preset(tmp_path):
+def test_cli_train_run_and_eval_on_qwen3_preset(tmp_path, benchmarks_path):
+    """The same commands as for Qwen2.5-VL: `pointcopy train`, then `pointcopy run` and `pointcopy eval` on the
+    trained Qwen3-VL checkpoint."""
     import json
     import os
     import subprocess
@@ -345,3 +347,21 @@ def test_cli_train_smoke_on_qwen3_preset(tmp_path):
     config = json.loads((tmp_path / "out" / "final" / "config.json").read_text())
     assert config["model_type"] == "pointcopy_qwen3_vl" and config["copy_deepstack"] == "source"
     assert json.loads((tmp_path / "out" / "train_summary.json").read_text())["global_step"] == 3
+    final = tmp_path / "out" / "final"
+    image = tmp_path / "scene.png"
+    from PIL import Image
+
+    Image.new("RGB", (120, 90), (200, 40, 40)).save(image)
+    ran = subprocess.run([sys.executable, "-m", "pointcopy.cli", "run", "--model", str(final), "--image", str(image),
+                          "--question", "How many objects are there?", "--max-new-tokens", "8"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0 and "trace:" in ran.stdout, ran.stderr[-3000:]
+    out = tmp_path / "eval"
+    evaluated = subprocess.run([sys.executable, "-m", "pointcopy.cli", "eval", "mathvision", "--model", str(final),
+                                "--data", str(benchmarks_path / "mathvision"), "--split", "testmini", "--limit", "2",
+                                "--max-new-tokens", "8", "--out", str(out), "--no-progress"],
+                               env=env, capture_output=True, text=True, timeout=600)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(isinstance(r["response"], str) for r in rows)
+    assert json.loads((out / "summary.json").read_text())["coverage"]["predictions"] == 2

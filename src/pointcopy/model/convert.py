@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import struct
 from pathlib import Path
 
 from .config import PointCopyConfig
@@ -92,26 +93,43 @@ def check_model_source(spec: str | os.PathLike) -> str:
     return "hub"
 
 
-def check_safetensors(directory: str | os.PathLike) -> None:
-    """ValueError naming the file if a `*.safetensors` file in `directory` has a malformed header or is shorter
-    than its header says (a truncated download or copy)."""
-    for f in sorted(Path(directory).glob("*.safetensors")):
-        size = f.stat().st_size
+def safetensors_problem(path: str | os.PathLike) -> str | None:
+    """Why a safetensors file cannot be loaded, from its header and size alone (None if it can)."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size < 8:
+        return f"{size} bytes, shorter than the 8-byte header length"
+    with path.open("rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        if n > size - 8:
+            return f"header of {n} bytes but the file has only {size} bytes (truncated?)"
         try:
-            with open(f, "rb") as fh:
-                head = fh.read(8)
-                if len(head) < 8:
-                    raise ValueError("shorter than the 8-byte header length")
-                n = int.from_bytes(head, "little")
-                if n > min(size - 8, 100 << 20):
-                    raise ValueError(f"header length {n} exceeds the file")
-                header = json.loads(fh.read(n))
-            ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
-        except (ValueError, KeyError, TypeError, IndexError) as exc:
-            raise ValueError(f"{f}: not a readable safetensors file ({exc})") from None
-        need = 8 + n + max(ends, default=0)
-        if size < need:
-            raise ValueError(f"{f}: truncated safetensors file ({size} bytes, its header needs {need})")
+            header = json.loads(fh.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            return f"header is not valid JSON ({e})"
+    if not isinstance(header, dict):
+        return "header is not a JSON object"
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            begin, stop = info["data_offsets"]
+        except (TypeError, KeyError, ValueError):
+            return f"tensor {name!r} has no valid data_offsets"
+        end = max(end, int(stop))
+    if 8 + n + end != size:
+        return f"tensors need {8 + n + end} bytes but the file has {size} (truncated or padded)"
+    return None
+
+
+def check_safetensors(directory: str | os.PathLike) -> None:
+    """ValueError naming the file if a `*.safetensors` file in `directory` has a malformed header or not exactly
+    the bytes its header declares (a truncated download or copy)."""
+    for f in sorted(Path(directory).glob("*.safetensors")):
+        problem = safetensors_problem(f)
+        if problem:
+            raise ValueError(f"{f}: damaged safetensors file: {problem}")
 
 
 def read_config_dict(path: str | os.PathLike, **hub_kwargs) -> dict:

@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import os
-import struct
 import time
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -35,6 +34,7 @@ import torch
 
 from ..collate import GroundedCollator
 from ..files import write_atomic
+from ..model.convert import safetensors_problem
 from ..options import check_minimums
 
 logger = logging.getLogger(__name__)
@@ -135,35 +135,6 @@ def _checkpoint_step(path: Path) -> int | None:
     return int(tail) if tail.isdigit() else None
 
 
-def _safetensors_problem(path: Path) -> str | None:
-    """Why a safetensors file cannot be loaded, from its header and size alone (None if it can)."""
-    size = path.stat().st_size
-    if size < 8:
-        return f"{size} bytes, shorter than the 8-byte header length"
-    with path.open("rb") as fh:
-        (n,) = struct.unpack("<Q", fh.read(8))
-        if n > size - 8:
-            return f"header of {n} bytes but the file has only {size} bytes (truncated?)"
-        try:
-            header = json.loads(fh.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            return f"header is not valid JSON ({e})"
-    if not isinstance(header, dict):
-        return "header is not a JSON object"
-    end = 0
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            begin, stop = info["data_offsets"]
-        except (TypeError, KeyError, ValueError):
-            return f"tensor {name!r} has no valid data_offsets"
-        end = max(end, int(stop))
-    if 8 + n + end != size:
-        return f"tensors need {8 + n + end} bytes but the file has {size} (truncated or padded)"
-    return None
-
-
 def checkpoint_problem(path: str | Path) -> str | None:
     """Why a checkpoint directory cannot be resumed from, in one line (None if it looks complete).
 
@@ -188,7 +159,7 @@ def checkpoint_problem(path: str | Path) -> str | None:
                         return f"{f.name} names missing shard(s) {', '.join(missing)}"
             elif f.suffix == ".safetensors":
                 weights = True
-                problem = _safetensors_problem(f)
+                problem = safetensors_problem(f)
                 if problem:
                     return f"{f.name}: {problem}"
             elif f.suffix in (".pt", ".pth", ".bin"):

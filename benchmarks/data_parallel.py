@@ -30,13 +30,13 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2, help="total thread budget of both set-ups")
     ap.add_argument("--items", type=int, default=1000)
-    ap.add_argument("--batch-size", type=int, default=ShapesRecipe.batch_size, help="global batch")
+    ap.add_argument("--batch-size", type=int, default=ShapesRecipe().training.batch_size, help="global batch")
     ap.add_argument("--find-unused", action="store_true", help="compare DDP's unused-parameter search on vs off")
     args = ap.parse_args()
 
     from pointcopy.data.shapes.build import build_split
 
-    recipe = ShapesRecipe(steps=args.steps, threads=args.threads, batch_size=args.batch_size)
+    recipe = ShapesRecipe.of(max_steps=args.steps, threads=args.threads, batch_size=args.batch_size)
     # name -> (processes, ddp_find_unused_parameters; None: as the recipe's train_options set it)
     setups = ({"find unused on": (args.processes, True), "find unused off": (args.processes, False)}
               if args.find_unused else {"single": (1, None), "parallel": (args.processes, None)})
@@ -53,7 +53,7 @@ def main() -> None:
                 summary = train_data_parallel(opts, processes)
                 times[name].append(summary["train_seconds_this_session"])
                 print(f"repeat {rep}: {name:<8} {times[name][-1]:.1f} s", flush=True)
-    print(f"\n{PRESET}, {args.steps} steps of batch {recipe.batch_size}, {args.threads} threads in total")
+    print(f"\n{PRESET}, {args.steps} steps of batch {recipe.training.batch_size}, {args.threads} threads in total")
     if args.find_unused:
         on, off = statistics.median(times["find unused on"]), statistics.median(times["find unused off"])
         print("| DDP find_unused_parameters | median s | s/step |\n|---|---|---|")

@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=ShapesRecipe.threads)
+    ap.add_argument("--threads", type=int, default=ShapesRecipe().training.threads)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 

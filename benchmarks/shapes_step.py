@@ -73,7 +73,7 @@ def main() -> None:
         enum_model.load_state_dict(_remap_vocab(model, enum_model, plain_processor.tokenizer, enum_processor.tokenizer))
         for m in (model, enum_model):
             for name, param in m.named_parameters():
-                if re.search(recipe.freeze, name):
+                if re.search(recipe.training.freeze, name):
                     param.requires_grad_(False)
         render = dict(region_key_mode="keep" if REGION_RENDER["keep_key"] else "replace",
                       region_occurrences=REGION_RENDER["occurrences"], box_text=COPY_BOX_TEXT, max_side=None)

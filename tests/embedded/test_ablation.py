@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import json
 import math
 
@@ -22,9 +20,8 @@ def test_intervals():
 
 
 def test_ablation_runs_all_conditions_and_writes_outputs(tmp_path):
-    recipe = ShapesRecipe(train_items=24, test_items=6, steps=3, batch_size=4, max_new_tokens=12, eval_batch_size=6,
-                          threads=1, vision_warmup_steps=2,
-                          scenes=replace(ShapesRecipe().scenes, max_objects=4))
+    recipe = ShapesRecipe.of(train_items=24, test_items=6, max_steps=3, batch_size=4, max_new_tokens=12, eval_batch_size=6,
+                          threads=1, vision_warmup_steps=2, max_objects=4)
     logs = []
     summary = run_ablation(tmp_path, recipe, seeds=(0, 1), progress=False, echo=logs.append)
     conds = summary["conditions"]

@@ -59,7 +59,7 @@ def test_warm_up_makes_copied_cells_carry_colour(tmp_path):
 
 
 def test_vision_init_is_built_once_and_shared(tmp_path, monkeypatch):
-    recipe = ShapesRecipe(train_items=40, test_items=8, vision_warmup_steps=2, threads=1)
+    recipe = ShapesRecipe.of(train_items=40, test_items=8, vision_warmup_steps=2, threads=1)
     build_split(tmp_path / "data" / "train", 40, 1, progress=False)
     build_split(tmp_path / "data" / "test", 8, 2, progress=False)
     out = vision_init(tmp_path, recipe, seed=3, progress=False)

@@ -7,8 +7,6 @@ the best-case chance; the recipe's full run reaches ~0.9 on the same measure.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 
 from pointcopy.collate import GroundedCollator
@@ -20,8 +18,7 @@ from pointcopy.processing import PointCopyProcessor
 
 
 def test_short_run_points_above_chance(tmp_path):
-    recipe = ShapesRecipe(train_items=800, test_items=48, steps=300, batch_size=16, threads=2,
-                          scenes=replace(ShapesRecipe().scenes, max_objects=6),
+    recipe = ShapesRecipe.of(train_items=800, test_items=48, max_steps=300, batch_size=16, threads=2, max_objects=6,
                           vision_warmup_steps=100)
     build_data(tmp_path, recipe, progress=False)
     model_dir = train_variant(tmp_path, recipe, "copy", progress=False)

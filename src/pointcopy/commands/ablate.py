@@ -15,7 +15,7 @@ from .args import nonnegative_int, output_dir
 from .shapes import add_recipe_arguments, recipe_from
 
 # 400 steps fit the ~40-minute budget on 2 cores (measurements: docs/embedded-world.md#ablation-budget).
-ABLATION_DEFAULTS = dict(steps=400, test_items=120)
+ABLATION_DEFAULTS = dict(max_steps=400, test_items=120)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -80,16 +80,21 @@ def _default(f: dataclasses.Field):
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, *, only: Iterable[str] | None = None,
-                            helps: dict[str, str] | None = None, aliases: dict[str, list[str]] | None = None) -> None:
+                            exclude: Iterable[str] = (), helps: dict[str, str] | None = None,
+                            aliases: dict[str, list[str]] | None = None) -> None:
     """One flag per leaf field of dataclass `cls` (nested dataclasses flattened: their fields keep their own names,
     which must not collide): `--max-steps 200`; bools as `--x/--no-x` (unset: the field's default, None for
     `bool | None`; argparse's `type=bool` would read "False" as True); `X | None` as X; lists as `nargs="+"`;
     dicts as a JSON object. A field without a default is a required flag. `only` restricts the flags to those
-    field names (the others keep their defaults in `dataclass_from_args`)."""
+    field names, `exclude` leaves some out, by name or by dotted path (`"training.max_side"`); either way they keep
+    their defaults in `dataclass_from_args`, and an excluded one may share its name with another field."""
     helps, aliases = helps or {}, aliases or {}
     seen: set[str] = set()
+    exclude = set(exclude)
     for path, f, hint, default in _flat_fields(cls):
         name = path[-1]
+        if name in exclude or ".".join(path) in exclude:
+            continue
         if name in seen:
             raise ValueError(f"{cls.__name__}: two fields are both called {name!r}; flags need distinct names")
         seen.add(name)
@@ -114,20 +119,23 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, *, only: Itera
                                 **kwargs)
 
 
-def dataclass_from_args(cls, args: argparse.Namespace, **fixed):
+def dataclass_from_args(cls, args: argparse.Namespace, *, exclude: Iterable[str] = (), **fixed):
     """Build `cls` (nested dataclasses included) from parsed flags; a field without a flag keeps its default (for
     a nested dataclass: the parent's default instance), `fixed` values (top-level fields) win over both."""
-    def build(klass, base):
+    exclude = set(exclude)
+
+    def build(klass, base, prefix):
         kwargs = {}
         hints = typing.get_type_hints(klass)
         for f in dataclasses.fields(klass):
+            path = prefix + (f.name,)
             if dataclasses.is_dataclass(hints[f.name]):
                 inner = _default(f)
-                kwargs[f.name] = build(hints[f.name], None if inner is dataclasses.MISSING else inner)
+                kwargs[f.name] = build(hints[f.name], None if inner is dataclasses.MISSING else inner, path)
             elif base is None and f.name in fixed:
                 kwargs[f.name] = fixed[f.name]
-            elif hasattr(args, f.name):
+            elif hasattr(args, f.name) and f.name not in exclude and ".".join(path) not in exclude:
                 kwargs[f.name] = getattr(args, f.name)
         return dataclasses.replace(base, **kwargs) if base is not None else klass(**kwargs)
 
-    return build(cls, None)
+    return build(cls, None, ())

@@ -21,6 +21,9 @@ from .args import add_dataclass_arguments, dataclass_from_args, output_dir, posi
 # ShapesRecipe fields each stage reads (None: all); the scene fields decide data and the held-out split alike
 _DATA = ("train_items", "test_items", "train_seed", "test_seed")
 _EVAL = ("test_items", "test_seed", "threads", "eval_batch_size", "max_new_tokens")
+# training fields `embedded.recipe.train_options` sets per run (the stage's own --seed is the training seed)
+# (and the collate's image cap, which shares its name with the scenes' max_side and stays off for these images)
+RUN_FIELDS = ("seed", "progress", "save_steps", "model_overrides", "require_object_regions", "training.max_side")
 
 
 def _scene_fields() -> tuple[str, ...]:
@@ -41,7 +44,7 @@ def add_recipe_arguments(parser: argparse.ArgumentParser, only=None) -> None:
     """The `ShapesRecipe` flags (all, or the fields named in `only`)."""
     from pointcopy.embedded.recipe import ShapesRecipe
 
-    add_dataclass_arguments(parser, ShapesRecipe, only=only,
+    add_dataclass_arguments(parser, ShapesRecipe, only=only, exclude=RUN_FIELDS, aliases={"max_steps": ["--steps"]},
                             helps={"preset_overrides": "JSON object of model config fields"})
 
 
@@ -49,7 +52,7 @@ def recipe_from(args):
     """The recipe of parsed flags; fields a stage has no flag for keep the recipe's defaults."""
     from pointcopy.embedded.recipe import ShapesRecipe
 
-    return dataclass_from_args(ShapesRecipe, args)
+    return dataclass_from_args(ShapesRecipe, args, exclude=RUN_FIELDS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

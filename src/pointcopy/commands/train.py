@@ -15,7 +15,7 @@ from .args import add_dataclass_arguments, dataclass_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pointcopy.training.run import TrainOptions
+    from pointcopy.training.options import TrainOptions
 
     add_dataclass_arguments(parser, TrainOptions, helps={
         "train_data": "v1g JSONL/JSON/parquet files", "eval_data": "v1g JSONL/JSON/parquet files",

@@ -70,7 +70,7 @@ def run_ablation(root: str | Path, recipe: ShapesRecipe, seeds=(0, 1, 2), eval_i
     per_condition: dict[str, list[dict]] = {key: [] for key, *_ in CONDITIONS}
     for seed in seeds:
         for variant in ("copy", "nocopy", "coord"):
-            echo(f"train {variant} seed {seed} ({recipe.steps} steps)")
+            echo(f"train {variant} seed {seed} ({recipe.training.max_steps} steps)")
             model_dir = train_variant(root, recipe, variant, seed=seed, progress=progress)
             for key, v, pointing, label in CONDITIONS:
                 if v != variant:
@@ -111,10 +111,15 @@ def _pct(x) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
 
 
+def _steps(recipe: dict):
+    """Training steps of a stored recipe (`training.max_steps`; results written before it was nested: `steps`)."""
+    return (recipe.get("training") or {}).get("max_steps", recipe.get("steps"))
+
+
 def markdown_table(summary: dict) -> str:
     conds = summary["conditions"]
     lines = [f"Shapes world, {summary['eval_items']} held-out items x seeds {summary['seeds']}; "
-             f"{summary['recipe']['steps']} training steps per run"
+             f"{_steps(summary['recipe'])} training steps per run"
              + (f"; {summary['wall_seconds'] / 60:.1f} minutes" if summary.get("wall_seconds") else "")
              + ". Accuracy % (95% CI).", "",
              "| condition | accuracy | per seed | pointer precision | region IoU | attribute acc. | count acc. |",

@@ -17,9 +17,48 @@ from pathlib import Path
 from ..data.shapes.scene import SceneConfig
 from ..data.shapes.traces import COPY_BOX_TEXT, REGION_RENDER
 from ..options import check_minimums
+from ..training.options import TrainHyperparameters
 
 PRESET = "shapes-tiny"
 RECIPE_FILE = "RECIPE.json"
+
+
+def recipe_training() -> TrainHyperparameters:
+    """The shapes-tiny training hyperparameters (the fields a run sets per call -- seed, progress, save_steps,
+    model_overrides, require_object_regions -- are filled in by `train_options`)."""
+    return TrainHyperparameters(
+        # As many steps as fit the 10 minutes of `shapes train` the embedded default is given (from a fresh root,
+        # with the levers below); more steps would still raise accuracy (docs/embedded-world.md#steps).
+        max_steps=1100,
+        batch_size=16,
+        # A higher rate did not rescue a seed that missed the late skills (docs/embedded-world.md#learning-rate).
+        learning_rate=3e-3,
+        vision_lr_scale=0.5,
+        # Freeze the (randomly initialised, then warmed-up) vision tower: trained with the LM, the pointer and
+        # answer losses wash colour out of its features; frozen, steps are also cheaper
+        # (docs/embedded-world.md#frozen-tower-and-warm-up).
+        freeze=r"model\.visual\.",
+        warmup_ratio=0.05,
+        lr_scheduler="cosine",
+        weight_decay=0.0,
+        save_total_limit=1,
+        logging_steps=50,
+        # regions rendered exactly as the shapes world defines them (data.shapes.traces)
+        region_key_mode="keep" if REGION_RENDER["keep_key"] else "replace",
+        region_occurrences=REGION_RENDER["occurrences"],
+        box_text=COPY_BOX_TEXT,
+        max_side=None,
+        threads=2,  # in total, over all processes
+        # Length-grouped batches pad less and step faster, but batches of one scene size (and mostly one family)
+        # train much worse here (docs/embedded-world.md#length-grouping-rejected).
+        group_by_length=False,
+        # Each rank's 8 rows run as 3 length-sorted sub-batches (training/chunks.py): the same batches and
+        # gradients with less padding computed, so shorter steps (docs/embedded-world.md#length-chunks).
+        length_chunks=3,
+        # Deal each global batch of 16 to the two ranks by length (training/sampling.py), so neither waits long
+        # for the other (docs/embedded-world.md#rank-balancing).
+        balance_ranks=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -36,35 +75,15 @@ class ShapesRecipe:
     # did not help answers or regions (docs/embedded-world.md#position-tint).
     scenes: SceneConfig = field(default_factory=lambda: SceneConfig(min_objects=3, max_objects=8,
                                                                     exclusive_cells=True))
-    # As many steps as fit the 10 minutes of `shapes train` the embedded default is given (from a fresh root, with
-    # the levers below); more steps would still raise accuracy (measurements: docs/embedded-world.md#steps).
-    steps: int = 1100
-    batch_size: int = 16
-    # A higher rate did not rescue a seed that missed the late skills
-    # (measurements: docs/embedded-world.md#learning-rate).
-    learning_rate: float = 3e-3
-    vision_lr_scale: float = 0.5
-    # Freeze the (randomly initialised) vision tower: trained with the LM, the pointer and answer losses wash colour
-    # out of its features; frozen, steps are also cheaper
-    # (measurements: docs/embedded-world.md#frozen-tower-and-warm-up).
-    freeze: str | None = r"model\.visual\."
+    # How each variant trains (training.run.TrainHyperparameters; each field is a flag, e.g. --max-steps or --steps):
+    # see `recipe_training` for the values and why.
+    training: TrainHyperparameters = field(default_factory=lambda: recipe_training())
     # Perception warm-up (embedded.perception) of the vision tower before it is frozen: steps of batch 32 scenes.
     vision_warmup_steps: int = 300
-    warmup_ratio: float = 0.05
-    lr_scheduler: str = "cosine"
-    threads: int = 2  # in total: with `processes` > 1 each process gets threads / processes
     # Data-parallel ranks (training.parallel, gloo): on 2 cores two ranks of one thread step faster than one rank of
     # two threads (`benchmarks/data_parallel.py`; measurements: docs/embedded-world.md#processes-and-threads).
+    # training.threads is the total: with `processes` > 1 each process gets threads / processes.
     processes: int = 2
-    # Length-grouped batches pad less and step faster, but batches of one scene size (and mostly one family) train
-    # much worse here (measurements: docs/embedded-world.md#length-grouping-rejected).
-    group_by_length: bool = False
-    # Each rank's 8 rows run as 3 length-sorted sub-batches (training/chunks.py): the same batches and gradients
-    # with less padding computed, so shorter steps (measurements: docs/embedded-world.md#length-chunks).
-    length_chunks: int = 3
-    # Deal each global batch of 16 to the two ranks by length (training/sampling.py), so neither waits long for the
-    # other (measurements: docs/embedded-world.md#rank-balancing).
-    balance_ranks: bool = True
     # z-loss over the full partition function instead of the official top-40 one: on CPU the top-k is a noticeable
     # part of a step, a logsumexp over all logits far cheaper. Not switched off: late in training it is a sizeable
     # part of the loss, so it shapes the logits (measurements: docs/embedded-world.md#z-loss-over-the-full-partition).
@@ -79,36 +98,61 @@ class ShapesRecipe:
     preset_overrides: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        check_minimums(self, {"train_items": 1, "test_items": 1, "steps": 1, "batch_size": 1, "vision_warmup_steps": 0, "warmup_ratio": 0,
-                              "threads": 1, "processes": 1, "length_chunks": 1, "eval_batch_size": 1,
-                              "max_new_tokens": 1, "learning_rate": 0}, exclusive=("learning_rate",))
+        check_minimums(self, {"train_items": 1, "test_items": 1, "vision_warmup_steps": 0, "processes": 1,
+                              "eval_batch_size": 1, "max_new_tokens": 1})
 
     def with_(self, **changes) -> "ShapesRecipe":
-        return replace(self, **changes)
+        """A copy with `changes`; a change may name a field of `scenes` or `training` directly
+        (`with_(max_objects=6, max_steps=300)`)."""
+        own = {f.name for f in fields(self)}
+        nested = {"scenes": {}, "training": {}}
+        for k, v in changes.items():
+            if k in own:
+                continue
+            home = next((n for n in nested if k in {f.name for f in fields(getattr(self, n))}), None)
+            if home is None:
+                raise TypeError(f"ShapesRecipe has no field {k!r} (nor its scenes or training)")
+            nested[home][k] = v
+        top = {k: v for k, v in changes.items() if k in own}
+        for name, sub in nested.items():
+            if sub:
+                top[name] = replace(top.get(name, getattr(self, name)), **sub)
+        return replace(self, **top)
+
+    @classmethod
+    def of(cls, **changes) -> "ShapesRecipe":
+        """The default recipe with `changes` (see `with_`)."""
+        return cls().with_(**changes)
 
     @classmethod
     def from_dict(cls, stored: dict) -> "ShapesRecipe":
-        """A recipe from `asdict` output, also of older versions: unknown fields are ignored, and the scene fields
-        older recipes kept at the top level (min_objects, ...) go into `scenes`."""
+        """A recipe from `asdict` output, also of older versions: unknown fields are ignored, and the fields older
+        recipes kept at the top level go into `scenes` / `training` (`steps` is `training.max_steps`)."""
         known = {f.name for f in fields(cls)}
-        scene = {f.name for f in fields(SceneConfig)}
-        nested = dict(stored.get("scenes") or {})
-        for k in _FORMERLY_FLAT:
-            if k in stored:
-                nested.setdefault(k, stored[k])
         base = cls()
-        return cls(**{k: v for k, v in stored.items() if k in known and k != "scenes"},
-                   scenes=replace(base.scenes, **{k: v for k, v in nested.items() if k in scene}))
+        parts = {}
+        for name, old_names in (("scenes", _FORMERLY_FLAT), ("training", _FORMERLY_FLAT_TRAINING)):
+            inner = {f.name for f in fields(getattr(base, name))}
+            values = dict(stored.get(name) or {})
+            for old in old_names:
+                if old in stored:
+                    values.setdefault(_RENAMED.get(old, old), stored[old])
+            parts[name] = replace(getattr(base, name), **{k: v for k, v in values.items() if k in inner})
+        return cls(**{k: v for k, v in stored.items() if k in known and k not in parts}, **parts)
 
     def flat(self) -> dict:
-        """Field -> value with the scene fields as `scenes.<name>` (what two recipes are compared by)."""
-        out = {k: v for k, v in asdict(self).items() if k != "scenes"}
+        """Field -> value with nested fields as `scenes.<name>` / `training.<name>` (what recipes are compared by)."""
+        out = {k: v for k, v in asdict(self).items() if k not in ("scenes", "training")}
         out.update({f"scenes.{k}": v for k, v in asdict(self.scenes).items()})
+        out.update({f"training.{k}": v for k, v in asdict(self.training).items()})
         return out
 
 
-# scene fields that recipes written before `scenes` was nested stored at the top level
+# fields that recipes written before `scenes` and `training` were nested stored at the top level
 _FORMERLY_FLAT = ("min_objects", "max_objects", "position_tint", "exclusive_cells")
+_FORMERLY_FLAT_TRAINING = ("steps", "batch_size", "learning_rate", "vision_lr_scale", "freeze", "warmup_ratio",
+                           "lr_scheduler", "threads", "group_by_length", "length_chunks", "balance_ranks")
+_RENAMED = {"steps": "max_steps"}
 
 
 def build_data(root: str | Path, recipe: ShapesRecipe = ShapesRecipe(), progress: bool = True) -> dict[str, dict]:
@@ -126,26 +170,17 @@ def build_data(root: str | Path, recipe: ShapesRecipe = ShapesRecipe(), progress
 
 def train_options(recipe: ShapesRecipe, data: str | Path, out_dir: str | Path, seed: int, progress: bool = True,
                   require_object_regions: bool = True, model: str | Path = PRESET):
-    """The `TrainOptions` of one shapes-tiny run (global batch and total threads; see `recipe.processes`).
+    """The `TrainOptions` of one shapes-tiny run: the recipe's `training` plus what is per run.
 
     `model` is the preset (fresh weights from `seed`) or a checkpoint to start from (the warmed-up tower)."""
-    from ..training.run import TrainOptions
+    from ..training.options import TrainOptions
 
-    return TrainOptions(model=str(model), train_data=[str(data)], output_dir=str(out_dir), max_steps=recipe.steps,
-                        batch_size=recipe.batch_size, learning_rate=recipe.learning_rate,
-                        vision_lr_scale=recipe.vision_lr_scale, freeze=recipe.freeze,
-                        warmup_ratio=recipe.warmup_ratio,
-                        lr_scheduler=recipe.lr_scheduler, weight_decay=0.0, seed=seed,
-                        save_steps=max(50, recipe.steps // 6), save_total_limit=1, logging_steps=50,
-                        # regions rendered exactly as the shapes world defines them (data.shapes.traces)
-                        region_key_mode="keep" if REGION_RENDER["keep_key"] else "replace",
-                        region_occurrences=REGION_RENDER["occurrences"], box_text=COPY_BOX_TEXT,
-                        max_side=None, threads=recipe.threads, progress=progress,
-                        group_by_length=recipe.group_by_length, length_chunks=recipe.length_chunks,
-                        balance_ranks=recipe.balance_ranks,
-                        require_object_regions=require_object_regions,
-                        model_overrides={**(recipe.preset_overrides if model == PRESET else {}),
-                                         "z_loss_top_k": recipe.z_loss_top_k})
+    hyper = {f.name: getattr(recipe.training, f.name) for f in fields(recipe.training)}
+    return TrainOptions(**{**hyper, "seed": seed, "progress": progress, "require_object_regions":
+                           require_object_regions, "save_steps": max(50, recipe.training.max_steps // 6),
+                           "model_overrides": {**(recipe.preset_overrides if model == PRESET else {}),
+                                               "z_loss_top_k": recipe.z_loss_top_k}},
+                        model=str(model), train_data=[str(data)], output_dir=str(out_dir))
 
 
 def vision_init(root: str | Path, recipe: ShapesRecipe, seed: int, progress: bool = True) -> Path:
@@ -180,7 +215,7 @@ def vision_init(root: str | Path, recipe: ShapesRecipe, seed: int, progress: boo
             raise ValueError(f"{out} was built with {built}, this recipe needs {wanted}: delete it or use another "
                              f"--root")
         return out
-    torch.set_num_threads(recipe.threads)
+    torch.set_num_threads(recipe.training.threads)
     data = root / "data"
     report = pretrain_vision(model, processor, read_items(data / "train"), data / "train" / "images",
                              steps=recipe.vision_warmup_steps, seed=seed, test_items=read_items(data / "test"),
@@ -243,14 +278,21 @@ def _check_same_training(final: Path, recipe: ShapesRecipe) -> None:
 
 
 def _flat_stored(stored: dict) -> dict:
-    """A stored recipe dict in `ShapesRecipe.flat` keys. A recipe from before `scenes` was nested kept four scene
-    fields at the top level and ran with SceneConfig's defaults for the others, so those count as recorded."""
-    out = {k: v for k, v in stored.items() if k != "scenes" and k not in _FORMERLY_FLAT}
-    if isinstance(stored.get("scenes"), dict):
-        out.update({f"scenes.{k}": v for k, v in stored["scenes"].items()})
-    elif stored:
-        out.update({f"scenes.{k}": stored[k] for k in _FORMERLY_FLAT if k in stored})
-        out.update({f"scenes.{f.name}": f.default for f in fields(SceneConfig) if f.name not in _FORMERLY_FLAT})
+    """A stored recipe dict in `ShapesRecipe.flat` keys. A recipe from before the nesting kept some scene and
+    training fields at the top level; it ran with SceneConfig's defaults for the other scene fields and with the
+    values `recipe_training` still gives for the other training fields, so those count as recorded."""
+    nested_keys = ("scenes", "training")
+    out = {k: v for k, v in stored.items()
+           if k not in nested_keys and k not in _FORMERLY_FLAT and k not in _FORMERLY_FLAT_TRAINING}
+    for name, old_names, implied in (("scenes", _FORMERLY_FLAT, SceneConfig()),
+                                     ("training", _FORMERLY_FLAT_TRAINING, recipe_training())):
+        if isinstance(stored.get(name), dict):
+            out.update({f"{name}.{k}": v for k, v in stored[name].items()})
+        elif stored:
+            out.update({f"{name}.{_RENAMED.get(k, k)}": stored[k] for k in old_names if k in stored})
+            renamed = {_RENAMED.get(k, k) for k in old_names}
+            out.update({f"{name}.{f.name}": getattr(implied, f.name) for f in fields(implied)
+                        if f.name not in renamed})
     return out
 
 
@@ -277,7 +319,7 @@ def evaluate_model(model_dir: str | Path, test_dir: str | Path, recipe: ShapesRe
     from ..model import PointCopyForConditionalGeneration
     from ..processing import PointCopyProcessor
 
-    torch.set_num_threads(recipe.threads)
+    torch.set_num_threads(recipe.training.threads)
     test_dir = Path(test_dir)
     items = read_items(test_dir / "items.jsonl")[: limit or None]
     model = PointCopyForConditionalGeneration.from_pretrained(model_dir, pointing_enabled=pointing_enabled).eval()

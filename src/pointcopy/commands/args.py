@@ -85,7 +85,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, *, only: Itera
     """One flag per leaf field of dataclass `cls` (nested dataclasses flattened: their fields keep their own names,
     which must not collide): `--max-steps 200`; bools as `--x/--no-x` (unset: the field's default, None for
     `bool | None`; argparse's `type=bool` would read "False" as True); `X | None` as X; lists as `nargs="+"`;
-    dicts as a JSON object. A field without a default is a required flag. `only` restricts the flags to those
+    dicts as a JSON object; `field(metadata={"help": ..., "choices": ..., "type": ...})` refines a flag. A field
+    without a default is a required flag. `only` restricts the flags to those
     field names, `exclude` leaves some out, by name or by dotted path (`"training.max_side"`); either way they keep
     their defaults in `dataclass_from_args`, and an excluded one may share its name with another field."""
     helps, aliases = helps or {}, aliases or {}
@@ -101,7 +102,10 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, *, only: Itera
         if only is not None and name not in only:
             continue
         flags = ["--" + name.replace("_", "-"), *aliases.get(name, [])]
-        kwargs = {"dest": name, "help": helps.get(name)}
+        # a field may carry its flag's help, choices and parser in its metadata
+        kwargs = {"dest": name, "help": helps.get(name, f.metadata.get("help"))}
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
         base = hint
         if typing.get_origin(hint) in (typing.Union, types.UnionType):  # `X | None` -> X
             base = next(t for t in typing.get_args(hint) if t is not type(None))
@@ -115,8 +119,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, *, only: Itera
         elif typing.get_origin(base) is dict or base is dict:
             parser.add_argument(*flags, type=json.loads, default=default, **kwargs)
         else:
-            parser.add_argument(*flags, type=base, required=required, default=None if required else default,
-                                **kwargs)
+            parser.add_argument(*flags, type=f.metadata.get("type", base), required=required,
+                                default=None if required else default, **kwargs)
 
 
 def dataclass_from_args(cls, args: argparse.Namespace, *, exclude: Iterable[str] = (), **fixed):

@@ -40,7 +40,7 @@ def add_arguments(p) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-score", action="store_true", help="generate only")
-    score_cli.add_scoring_arguments(p)  # scoring options, as in `pointcopy score`
+    score_cli.add_scoring_arguments(p, only=score_cli.EVAL_SCORING_OPTIONS)  # as in `pointcopy score`
 
 
 def _settings(args, split: str, prompt: str, kind: str) -> dict:

@@ -39,6 +39,12 @@ INTEGER_RULES = mathvista.INTEGER_RULES
 
 
 # --------------------------------------------------------------------------------------------- options
+def _positive_seconds(text: str) -> float:
+    from pointcopy.commands.args import positive_float
+
+    return positive_float(text)
+
+
 @dataclass(frozen=True)
 class ScoreOptions:
     """How to score, explicitly (no argparse namespace). Each benchmark reads the options that concern it:
@@ -53,14 +59,20 @@ class ScoreOptions:
     judge_cache     judge cache directory (None: no judge is ever built from these options)
     """
 
-    re_extract: bool = False
-    integer_rule: str = "current"
-    quick_extract: bool = False
-    llm_extract: bool = False
-    mathverse_mode: str = "deterministic"
-    math_backend: str = "native"
-    timeout: float = safe_math.DEFAULT_TIMEOUT_S
-    judge_cache: Path | None = None
+    re_extract: bool = field(default=False, metadata={"help": "ignore stored extractions and extract again"})
+    integer_rule: str = field(default="current", metadata={
+        "choices": INTEGER_RULES, "help": "MathVista integer normalisation: current int(float(x)) or legacy int(x)"})
+    quick_extract: bool = field(default=False, metadata={"help": 'MathVista: also try `The answer is "x".`'})
+    llm_extract: bool = field(default=False, metadata={
+        "help": "MathVista: LLM extraction for items the fast paths cannot extract (POINTCOPY_JUDGE_* variables)"})
+    mathverse_mode: str = field(default="deterministic", metadata={
+        "choices": MATHVERSE_MODES, "help": "MathVerse: judge-free (default) or the official two-stage LLM judge"})
+    math_backend: str = field(default="native", metadata={
+        "choices": MATH_BACKENDS, "help": "MATH-V numeric parser: own safe parser (default) or latex2sympy2"})
+    timeout: float = field(default=safe_math.DEFAULT_TIMEOUT_S, metadata={
+        "type": _positive_seconds, "help": "per-item math time limit, s"})
+    judge_cache: Path | None = field(default=None, metadata={
+        "help": "judge cache directory (default OUTDIR/judge_cache)"})
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("integer_rule", self.integer_rule, INTEGER_RULES),

@@ -28,22 +28,19 @@ import json
 import sys
 from pathlib import Path
 
-from pointcopy.commands.args import existing_file, output_dir, positive_float
+from pointcopy.commands.args import add_dataclass_arguments, dataclass_from_args, existing_file, output_dir
 from pointcopy.eval import data, registry, safe_math
 from pointcopy.eval.registry import BenchmarkSpec, ScoreOptions
 from pointcopy.eval.report import breakdown_counts, render_report
 
 
-def add_scoring_arguments(p) -> None:
-    """The scoring options `pointcopy score` and `pointcopy eval` share (-> `ScoreOptions`)."""
-    p.add_argument("--integer-rule", choices=registry.INTEGER_RULES, default="current",
-                   help="MathVista integer normalisation: current int(float(x)) or legacy int(x)")
-    p.add_argument("--mathverse-mode", choices=registry.MATHVERSE_MODES, default=registry.MATHVERSE_MODES[0],
-                   help="MathVerse: judge-free quick match (default) or the official two-stage LLM judge")
-    p.add_argument("--math-backend", choices=registry.MATH_BACKENDS, default="native",
-                   help="MATH-V numeric parser: own safe parser (default) or latex2sympy2 (optional extra)")
-    p.add_argument("--timeout", type=positive_float, default=safe_math.DEFAULT_TIMEOUT_S,
-                   help="per-item math time limit, s")
+# the scoring options `pointcopy eval` offers (it scores its own generations: nothing stored to re-extract)
+EVAL_SCORING_OPTIONS = ("integer_rule", "mathverse_mode", "math_backend", "timeout")
+
+
+def add_scoring_arguments(p, only=None) -> None:
+    """A flag per `ScoreOptions` field (or the fields named in `only`)."""
+    add_dataclass_arguments(p, ScoreOptions, only=only)
 
 
 def add_arguments(p) -> None:
@@ -54,23 +51,15 @@ def add_arguments(p) -> None:
     p.add_argument("--out", type=output_dir, required=True, help="output directory")
     p.add_argument("--split", default=None, help=registry.split_help())
     add_scoring_arguments(p)
-    p.add_argument("--re-extract", action="store_true", help="ignore stored extractions and extract again")
-    p.add_argument("--quick-extract", action="store_true", help='MathVista: also try `The answer is "x".`')
-    p.add_argument("--llm-extract", action="store_true", help="MathVista: LLM extraction for items the fast "
-                   "paths cannot extract (uses POINTCOPY_JUDGE_* environment variables)")
-    p.add_argument("--judge-cache", type=Path, default=None, help="judge cache directory (default OUTDIR/"
-                   "judge_cache)")
     p.add_argument("--keep-first", action="store_true", help="an id repeated in the predictions: score its first "
                    "row and record the rest in summary.json (default: refuse the file)")
 
 
 def options_from_args(args) -> ScoreOptions:
-    """`ScoreOptions` from parsed command-line arguments (options a command does not offer take their defaults)."""
-    return ScoreOptions(re_extract=getattr(args, "re_extract", False), integer_rule=args.integer_rule,
-                        quick_extract=getattr(args, "quick_extract", False),
-                        llm_extract=getattr(args, "llm_extract", False), mathverse_mode=args.mathverse_mode,
-                        math_backend=args.math_backend, timeout=args.timeout,
-                        judge_cache=getattr(args, "judge_cache", None) or args.out / "judge_cache")
+    """`ScoreOptions` from parsed command-line arguments (options a command does not offer take their defaults;
+    the judge cache defaults to OUTDIR/judge_cache)."""
+    return dataclass_from_args(ScoreOptions, args,
+                               judge_cache=getattr(args, "judge_cache", None) or args.out / "judge_cache")
 
 
 # --------------------------------------------------------------------------------------------- reading

@@ -9,35 +9,19 @@ from transformers import LogitsProcessorList
 
 from pointcopy.model.memory import PointCopyCache
 
-from model_helpers import InterleavePointers, chat, scene
+from model_helpers import (InterleavePointers, assert_points_into_second_image, chat, full_forward_logits,
+                           generate_interleaved, scene)
 
 TOL = 1e-4
 
 
-def _generate(model, batch, max_new_tokens=12, period=3, first_slot=0, **kw):
-    rule = InterleavePointers(model.config.copy_token_start, batch["input_ids"].shape[1], period, first_slot)
-    return model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
-                          logits_processor=LogitsProcessorList([rule]), output_scores=True,
-                          output_logits=True, return_dict_in_generate=True, **kw)
-
-
-def _full_forward_logits(model, batch, sequences):
-    """Logits of one cache-free forward over prompt + generated ids."""
-    n_new = sequences.shape[1] - batch["input_ids"].shape[1]
-    mask = torch.cat([batch["attention_mask"], torch.ones_like(sequences[:, -n_new:])], dim=1)
-    with torch.no_grad():
-        out = model(input_ids=sequences, attention_mask=mask, pixel_values=batch["pixel_values"],
-                    image_grid_thw=batch["image_grid_thw"], use_cache=False)
-    return out.logits[:, -n_new - 1:-1]  # position t predicts token t + 1
-
-
 def test_incremental_decoding_equals_full_forward(model, processor):
     batch = processor([chat(processor, "How many objects are left?")], [scene(112, 84, 1)])
-    out = _generate(model, batch)
+    out = generate_interleaved(model, batch)
     new = out.sequences[:, batch["input_ids"].shape[1]:]
     assert (new >= model.config.copy_token_start).sum() >= 3, "the trace must contain pointers"
     incremental = torch.stack(out.logits, dim=1)  # raw model logits at every step
-    full = _full_forward_logits(model, batch, out.sequences)
+    full = full_forward_logits(model, batch, out.sequences)
     assert incremental.shape == full.shape
     assert (incremental - full).abs().max().item() < TOL
 
@@ -88,11 +72,11 @@ def test_batch_with_left_padding_equals_one_by_one(model, processor):
     texts = [chat(processor, q) for q in questions]
     batch = processor(texts, images)
     assert (batch["attention_mask"] == 0).any(), "the batch must be left padded"
-    out = _generate(model, batch)
+    out = generate_interleaved(model, batch)
     batched, batched_logits = out.sequences[:, batch["input_ids"].shape[1]:], torch.stack(out.logits, 1)
     for i, (text, image) in enumerate(zip(texts, images)):
         single = processor([text], [image])
-        one = _generate(model, single)
+        one = generate_interleaved(model, single)
         alone = one.sequences[:, single["input_ids"].shape[1]:]
         assert batched[i].tolist() == alone[0].tolist(), f"sample {i}"
         assert (alone >= model.config.copy_token_start).any()
@@ -105,7 +89,7 @@ def test_beam_search_emits_copies_and_matches_single(model, processor):
     texts = [chat(processor, "How many objects are left?"), chat(processor, "Count.")]
     images = [scene(112, 84, 1), scene(84, 84, 7)]
     batch = processor(texts, images)
-    out = _generate(model, batch, num_beams=3, num_return_sequences=2, period=2)
+    out = generate_interleaved(model, batch, num_beams=3, num_return_sequences=2, period=2)
     new = out.sequences[:, batch["input_ids"].shape[1]:]
     assert new.shape[0] == 4
     assert ((new >= model.config.copy_token_start).sum(-1) > 0).all()
@@ -114,7 +98,7 @@ def test_beam_search_emits_copies_and_matches_single(model, processor):
     ptr = (new - model.config.copy_token_start).masked_fill(new < model.config.copy_token_start, -1)
     assert (ptr.max(-1).values < slots).all()
     single = processor([texts[1]], [images[1]])
-    alone = _generate(model, single, num_beams=3, num_return_sequences=2, period=2)
+    alone = generate_interleaved(model, single, num_beams=3, num_return_sequences=2, period=2)
     assert new[2:].tolist() == alone.sequences[:, single["input_ids"].shape[1]:].tolist()
 
 
@@ -133,23 +117,7 @@ def test_cache_reorders_copy_memory_with_beams(model, processor):
 
 
 def test_multi_image_sample_points_into_second_image(model, processor):
-    first, second = scene(112, 84, 1), scene(84, 84, 2)
-    batch = processor([chat(processor, "Compare the two pictures.", n_images=2)], [first, second])
-    n_first = int(batch["image_grid_thw"][0].prod()) // 4
-    n_total = int((batch["input_ids"] == processor.image_token_id).sum())
-    # pointers may only win among the second image's slots
-    out = _generate(model, batch, first_slot=n_first)
-    new = out.sequences[0, batch["input_ids"].shape[1]:]
-    ptr = new[new >= model.config.copy_token_start] - model.config.copy_token_start
-    assert len(ptr) >= 3 and ((ptr >= n_first) & (ptr < n_total)).all()
-    # the copied embedding is exactly the second image's merger output for that patch
-    alone = processor([chat(processor, "x")], [second])
-    with torch.no_grad():
-        mem = model(**batch).copy_memory
-        mem_second = model(**alone).copy_memory
-    assert torch.allclose(mem.values[0, n_first:n_total], mem_second.values[0], atol=1e-5)
-    full = _full_forward_logits(model, batch, out.sequences)
-    assert (torch.stack(out.logits, 1) - full).abs().max().item() < TOL
+    assert_points_into_second_image(model, processor, scene(112, 84, 1), scene(84, 84, 2), TOL)
 
 
 def test_sampling_runs_and_respects_slots(model, processor):

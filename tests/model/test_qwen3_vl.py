@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from transformers import AutoModelForImageTextToText, LogitsProcessorList, Qwen3VLForConditionalGeneration
+from transformers import AutoModelForImageTextToText, Qwen3VLForConditionalGeneration
 
 from pointcopy import PointCopyForConditionalGeneration
 from pointcopy.model import PointCopyQwen3VLConfig, PointCopyQwen3VLForConditionalGeneration
@@ -17,7 +17,7 @@ from pointcopy.model.memory import PointCopyCache
 from pointcopy.presets import (QWEN3_VL_PROCESSOR, build_preset, build_tiny_processor, plain_qwen_config,
                                plain_qwen_twin, tiny_config, tiny_model)
 
-from model_helpers import InterleavePointers, chat, scene
+from model_helpers import assert_points_into_second_image, chat, full_forward_logits, generate_interleaved, scene
 
 TOL = 1e-4
 QWEN3 = dict(backbone="qwen3_vl", hidden_size=64, layers=3, heads=4, kv_heads=2, vision_hidden=32, vision_depth=3)
@@ -35,22 +35,6 @@ def _model(proc, seed=0, **fields):
 @pytest.fixture(scope="module")
 def model3(proc3):
     return _model(proc3)
-
-
-def _generate(model, batch, max_new_tokens=9, period=3, first_slot=0, **kw):
-    rule = InterleavePointers(model.config.copy_token_start, batch["input_ids"].shape[1], period, first_slot)
-    return model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
-                          logits_processor=LogitsProcessorList([rule]), output_logits=True,
-                          return_dict_in_generate=True, **kw)
-
-
-def _full_forward_logits(model, batch, sequences):
-    n_new = sequences.shape[1] - batch["input_ids"].shape[1]
-    mask = torch.cat([batch["attention_mask"], torch.ones_like(sequences[:, -n_new:])], dim=1)
-    with torch.no_grad():
-        out = model(input_ids=sequences, attention_mask=mask, pixel_values=batch["pixel_values"],
-                    image_grid_thw=batch["image_grid_thw"], use_cache=False)
-    return out.logits[:, -n_new - 1:-1]
 
 
 def test_preset_is_qwen3_with_16px_layout():
@@ -158,13 +142,13 @@ def test_batch_with_left_padding_equals_one_by_one(model3, proc3):
     texts = [chat(proc3, q) for q in questions]
     batch = proc3(texts, images)
     assert (batch["attention_mask"] == 0).any()
-    out = _generate(model3, batch)
+    out = generate_interleaved(model3, batch, max_new_tokens=9)
     batched, batched_logits = out.sequences[:, batch["input_ids"].shape[1]:], torch.stack(out.logits, 1)
-    incremental = _full_forward_logits(model3, batch, out.sequences)
+    incremental = full_forward_logits(model3, batch, out.sequences)
     assert (batched_logits - incremental).abs().max().item() < TOL  # incremental decoding = full forward
     for i, (text, image) in enumerate(zip(texts, images)):
         single = proc3([text], [image])
-        one = _generate(model3, single)
+        one = generate_interleaved(model3, single, max_new_tokens=9)
         alone = one.sequences[:, single["input_ids"].shape[1]:]
         assert batched[i].tolist() == alone[0].tolist(), f"sample {i}"
         assert (alone >= model3.config.copy_token_start).sum() >= 3
@@ -176,14 +160,14 @@ def test_beam_search_with_copies_matches_single(model3, proc3):
     texts = [chat(proc3, "How many objects are left?"), chat(proc3, "Count.")]
     images = [scene(128, 96, 1), scene(64, 64, 7)]
     batch = proc3(texts, images)
-    out = _generate(model3, batch, max_new_tokens=8, num_beams=3, num_return_sequences=2, period=2)
+    out = generate_interleaved(model3, batch, max_new_tokens=8, num_beams=3, num_return_sequences=2, period=2)
     new = out.sequences[:, batch["input_ids"].shape[1]:]
     assert new.shape[0] == 4 and ((new >= model3.config.copy_token_start).sum(-1) > 0).all()
     slots = (batch["input_ids"] == proc3.image_token_id).sum(-1).repeat_interleave(2)
     ptr = (new - model3.config.copy_token_start).masked_fill(new < model3.config.copy_token_start, -1)
     assert (ptr.max(-1).values < slots).all()
     single = proc3([texts[1]], [images[1]])
-    alone = _generate(model3, single, max_new_tokens=8, num_beams=3, num_return_sequences=2, period=2)
+    alone = generate_interleaved(model3, single, max_new_tokens=8, num_beams=3, num_return_sequences=2, period=2)
     assert new[2:].tolist() == alone.sequences[:, single["input_ids"].shape[1]:].tolist()
 
 
@@ -217,20 +201,10 @@ def test_cache_reorders_deepstack_memory(model3, proc3):
 
 
 def test_multi_image_slot_copies_second_image_patch(model3, proc3):
-    first, second = scene(128, 96, 1), scene(96, 64, 2)
-    batch = proc3([chat(proc3, "Compare the two pictures.", n_images=2)], [first, second])
-    n_first = int(batch["image_grid_thw"][0].prod()) // 4
-    n_total = int((batch["input_ids"] == proc3.image_token_id).sum())
-    out = _generate(model3, batch, first_slot=n_first)
-    new = out.sequences[0, batch["input_ids"].shape[1]:]
-    ptr = new[new >= model3.config.copy_token_start] - model3.config.copy_token_start
-    assert len(ptr) >= 3 and ((ptr >= n_first) & (ptr < n_total)).all()
-    alone = proc3([chat(proc3, "x")], [second])
-    with torch.no_grad():
-        mem, mem_second = model3(**batch).copy_memory, model3(**alone).copy_memory
-    assert torch.allclose(mem.values[0, n_first:n_total], mem_second.values[0], atol=1e-5)
+    mem, mem_second, n_first, n_total = assert_points_into_second_image(model3, proc3, scene(128, 96, 1),
+                                                                         scene(96, 64, 2), TOL)
+    # the deepstack features a copy carries are the second image's too
     assert torch.allclose(mem.layer_values[:, 0, n_first:n_total], mem_second.layer_values[:, 0], atol=1e-5)
-    assert (torch.stack(out.logits, 1) - _full_forward_logits(model3, batch, out.sequences)).abs().max() < TOL
 
 
 def test_save_load_round_trip(model3, proc3, tmp_path):

@@ -116,8 +116,6 @@ def run(args) -> int:
             raise ValueError(f"--limit must be >= 0, got {args.limit}")
         if args.batch_size < 1 or args.max_new_tokens < 1:
             raise ValueError("--batch-size and --max-new-tokens must be >= 1")
-        if args.out.exists() and not args.out.is_dir():
-            raise ValueError(f"--out {args.out} is a file, not a directory")
         settings = _settings(args, bench.split, prompt, kind)
         # one run per directory: a second `pointcopy eval` into it would interleave its lines with ours
         lock = DirLock(args.out, "pointcopy eval").acquire()

@@ -153,15 +153,14 @@ def load_model(path: str, kind: str, dtype: str = "auto", device: str = "cpu"):
     """(model, processor) for a model kind; the processor's pointer range matches the model."""
     import torch
 
-    from pointcopy.processing import PointCopyProcessor
-
     from pointcopy.model.convert import check_model_source
+    from pointcopy.processing import PointCopyProcessor
 
     if kind not in MODEL_KINDS:
         raise ValueError(f"model kind must be one of {MODEL_KINDS}, got {kind!r}")
-    check_model_source(path)  # a mistyped directory or a damaged checkpoint: one line, before any download
     kwargs: dict[str, Any] = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype)}
     if kind == "baseline-qwen":
+        check_model_source(path)  # one line for a mistyped or damaged checkpoint (from_pretrained does it for ours)
         from transformers import AutoModelForImageTextToText
 
         # the plain backbone by config.json's model_type (qwen2_5_vl, qwen3_vl, ...)

@@ -181,8 +181,6 @@ def run(args) -> int:
         spec = registry.get(args.benchmark)
         opts = options_from_args(args)
         bench = spec.load(args.data, args.split)
-        if args.out.exists() and not args.out.is_dir():
-            raise ValueError(f"--out {args.out} is a file, not a directory")
         rows = read_predictions(args.predictions, spec)
         if not rows:
             raise ValueError(f"{args.predictions}: no prediction rows (empty file)")

@@ -49,9 +49,6 @@ def load_model_and_processor(spec: str, seed: int = 0, **overrides):
     if spec in PRESETS:
         return build_preset(spec, seed=seed, **overrides)
     from ..model import PointCopyForConditionalGeneration
-    from ..model.convert import check_model_source
-
-    check_model_source(spec)  # a mistyped directory: one line, not a hub lookup
     from ..processing import PointCopyProcessor
 
     model = PointCopyForConditionalGeneration.from_pretrained(spec, **overrides)

@@ -192,12 +192,6 @@ class SlotMap:
         cells = geometry.box_to_cells(box, self.image_sizes[image], self.grids[image], exact=exact)
         return [self.offsets[image] + k for k in cells]
 
-    def mask_to_slots(self, mask, image: int = 0) -> list[int]:
-        """Slots of image ``image`` where ``mask`` (2-D, rows first, covering the whole image) is nonzero after
-        the official bilinear resize to the grid (``geometry.mask_to_cells``)."""
-        self._check_image(image)
-        return [self.offsets[image] + k for k in geometry.mask_to_cells(mask, self.grids[image])]
-
     def _check_image(self, image: int) -> None:
         if not 0 <= image < self.num_images:
             raise IndexError(f"image {image} out of range: the sample has {self.num_images} images")

@@ -21,6 +21,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from ..analysis.stats import seed_interval, wilson
 from .recipe import ShapesRecipe, build_data, evaluate_model, train_variant
 
 CONDITIONS = [  # (key, training variant, pointing at inference, label)
@@ -29,27 +30,6 @@ CONDITIONS = [  # (key, training variant, pointing at inference, label)
     ("c", "nocopy", True, "no-copy text"),
     ("d", "coord", True, "coordinate text"),
 ]
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-
-
-def wilson(correct: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = correct / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def seed_interval(values: list[float]) -> tuple[float, float, float]:
-    """Mean and 95% t-interval over seeds (half-width 0 with one seed)."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, mean, mean
-    half = T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
-    return mean, max(0.0, mean - half), min(1.0, mean + half)  # accuracies live in [0, 1]
-
 
 def _pooled(results: list[dict], field: str) -> dict[str, dict]:
     groups: dict[str, list[float]] = {}

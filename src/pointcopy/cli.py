@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("pointcopy.commands.train", "train a point-and-copy model on v1g data"),
     "score": ("pointcopy.eval.score_cli", "score a predictions file against a benchmark (MathVista, MATH-V, MathVerse)"),
     "eval": ("pointcopy.eval.eval_cli", "generate on a benchmark with a model (resumable), then score the run"),
+    "analyze": ("pointcopy.commands.analyze", "attention and faithfulness analyses: focus decay, copy use, copy swaps"),
 }
 
 

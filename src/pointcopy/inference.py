@@ -72,6 +72,14 @@ def check_length(model, prompt_tokens: int, max_new_tokens: int) -> None:
                       f"{limit} positions", stacklevel=3)
 
 
+def prompt_text(processor, question: str, n_images: int, what: str = "question") -> str:
+    """The chat prompt of one turn: the sample's images first (as in the official demo), then the question; the
+    assistant's turn opened. ValueError (naming `what`) for text that would be read as special tokens."""
+    processor.check_user_text(question, what=what)
+    content = [{"type": "image"}] * n_images + [{"type": "text", "text": question}]
+    return processor.apply_chat_template([{"role": "user", "content": content}])
+
+
 @torch.no_grad()
 def generate(model, processor, questions: list[str], images: list[list], max_new_tokens: int = 256,
              suffix: str = "", **generate_kwargs) -> list[Generation]:
@@ -81,11 +89,8 @@ def generate(model, processor, questions: list[str], images: list[list], max_new
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     check_layout(model, processor)
-    texts = []
-    for n, (q, imgs) in enumerate(zip(questions, images)):
-        processor.check_user_text(q + suffix, what=f"question {n}" if len(questions) > 1 else "question")
-        content = [{"type": "image"}] * len(imgs) + [{"type": "text", "text": q + suffix}]
-        texts.append(processor.apply_chat_template([{"role": "user", "content": content}]))
+    texts = [prompt_text(processor, q + suffix, len(imgs), what=f"question {n}" if len(questions) > 1 else "question")
+             for n, (q, imgs) in enumerate(zip(questions, images))]
     flat = [to_rgb(im) for imgs in images for im in imgs]
     batch = processor(texts, flat).to(model.device)
     check_length(model, batch["input_ids"].shape[1], max_new_tokens)

@@ -1,0 +1,165 @@
+"""What every analysis command shares: models by condition, items, traces and a resumable per-item loop.
+
+    pointcopy analyze <analysis> --items SRC --model copy=DIR_A --model copy=DIR_B --model nocopy=DIR_C --out OUT
+
+Models given the same label are runs (seeds) of one condition; the first label is the condition the others are
+compared with. Each model gets OUT/models/<label>-<n>/ holding `model.json` (which checkpoint; a rerun with another
+one there is refused), `traces.jsonl` (its generated traces), `items.jsonl` (one summary per analysed item) and
+`skipped.jsonl` (items that could not be analysed, with the field and reason). Both JSONL files are appended batch
+by batch, so a killed run resumes where it stopped, without losing or repeating an item.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..files import write_atomic
+from .items import AnalysisItem, ItemError, load_items
+from .traces import ModelInfo, Traced, generate_traces, given_trace_ids, load_model, read_jsonl_rows, traced
+
+__all__ = ["ModelSpec", "RunOptions", "parse_model_spec", "analyse_models"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    label: str
+    path: str
+
+
+def parse_model_spec(value: str) -> ModelSpec:
+    """`LABEL=PATH` or `PATH` (label: the folder name, or its parent's for a `final` folder)."""
+    if "=" in value and not Path(value).exists():
+        label, path = value.split("=", 1)
+    else:
+        p = Path(value)
+        label, path = (p.parent.name if p.name == "final" else p.name), value
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", label or ""):
+        raise ValueError(f"--model {value!r}: the label must be letters, digits, '.', '_' or '-'")
+    return ModelSpec(label, path)
+
+
+@dataclass
+class RunOptions:
+    items: str
+    out: str
+    models: list[ModelSpec]
+    limit: int | None = None
+    layers: list[int] | None = None  # None: `probe.default_layers`
+    traces: str = "generated"  # or "given"
+    batch_size: int = 8
+    max_new_tokens: int = 640
+    pointing: bool | None = None
+    threads: int | None = None
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class ModelRun:
+    spec: ModelSpec
+    name: str
+    info: ModelInfo
+    rows: dict[str, dict]  # item id -> the analysis' summary of it
+    skipped: list[dict]
+    seconds: float
+
+
+def model_dirs(opts: RunOptions) -> list[tuple[ModelSpec, str]]:
+    counts: dict[str, int] = {}
+    out = []
+    for spec in opts.models:
+        counts[spec.label] = counts.get(spec.label, 0) + 1
+        out.append((spec, f"{spec.label}-{counts[spec.label]}"))
+    return out
+
+
+def analyse_models(opts: RunOptions, summarise: Callable[[list[Traced], object, object, ModelInfo], list[dict]],
+                   *, echo=print, needs_copies: bool = False) -> tuple[list[AnalysisItem], list[ModelRun]]:
+    """Run `summarise(batch of Traced, model, processor, info) -> one row per item` for every model on every item.
+
+    `needs_copies`: an item whose trace has no copy is skipped (recorded) instead of summarised."""
+    if not opts.models:
+        raise ValueError("no --model given")
+    if opts.traces not in ("generated", "given"):
+        raise ValueError(f"--traces must be 'generated' or 'given', got {opts.traces!r}")
+    items, item_errors = load_items(opts.items, opts.limit)
+    if not items:
+        reasons = "; ".join(str(e) for e in item_errors[:3])
+        raise ValueError(f"{opts.items}: no usable item" + (f" ({reasons})" if reasons else ""))
+    for e in item_errors:
+        echo(f"skipped: {e}")
+    runs = []
+    for spec, name in model_dirs(opts):
+        runs.append(_analyse_model(opts, spec, name, items, item_errors, summarise, echo, needs_copies))
+    return items, runs
+
+
+def _analyse_model(opts, spec, name, items, item_errors, summarise, echo, needs_copies) -> ModelRun:
+    from tqdm.auto import tqdm
+
+    folder = Path(opts.out) / "models" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {"label": spec.label, "path": str(spec.path), "traces": opts.traces, "pointing": opts.pointing,
+            "max_new_tokens": opts.max_new_tokens}
+    meta_file = folder / "model.json"
+    if meta_file.is_file():
+        before = json.loads(meta_file.read_text())
+        before = {k: before.get(k) for k in meta}
+        if before != meta:
+            raise ValueError(f"{folder} holds an analysis of {before}, not {meta}: use another --out")
+    started = time.perf_counter()
+    model, processor, info = load_model(spec.path, opts.pointing, opts.threads)
+    write_atomic(meta_file, json.dumps({**meta, "model": info.to_dict()}, indent=1))
+    echo(f"{name}: {spec.path} ({info.model_type}, pointing {'on' if info.pointing_enabled else 'off'})")
+    errors: list[ItemError] = list(item_errors)
+    if opts.traces == "generated":
+        traces = generate_traces(model, processor, items, folder / "traces.jsonl", max_new_tokens=opts.max_new_tokens,
+                                 batch_size=max(opts.batch_size, 1), progress=opts.progress, errors=errors)
+    rows_file = folder / "items.jsonl"
+    rows = read_jsonl_rows(rows_file)
+    skipped_file = folder / "skipped.jsonl"
+    skipped = read_jsonl_rows(skipped_file) if skipped_file.exists() else {}
+    todo = [it for it in items if it.id not in rows and it.id not in skipped]
+    with rows_file.open("a", encoding="utf-8") as fh, skipped_file.open("a", encoding="utf-8") as sk, \
+            tqdm(total=len(items), initial=len(items) - len(todo), desc=f"analyse {name}", unit="item",
+                 disable=not opts.progress) as bar:
+        for lo in range(0, len(todo), opts.batch_size):
+            batch = []
+            for it in todo[lo:lo + opts.batch_size]:
+                try:
+                    if opts.traces == "generated":
+                        if it.id not in traces:
+                            continue  # its images could not be read: already in `errors`
+                        row = traces[it.id]
+                        t = traced(processor, it, row["ids"], text=row["text"], finished=row["finished"])
+                    else:
+                        ids = given_trace_ids(processor, it, info.render)
+                        t = traced(processor, it, ids, text=processor.decode(ids))
+                    if t.steps < 2:
+                        raise ItemError(it.id, "trace", f"{t.steps} trace token(s): nothing to analyse")
+                    if needs_copies and not t.copy_events():
+                        raise ItemError(it.id, "trace", "the trace copies nothing (no pointer token)")
+                    batch.append(t)
+                except ItemError as e:
+                    errors.append(e)
+            if batch:
+                for row in summarise(batch, model, processor, info):
+                    rows[row["id"]] = row
+                    fh.write(json.dumps(row) + "\n")
+                fh.flush()
+            bar.update(len(todo[lo:lo + opts.batch_size]))
+        for e in errors:
+            if e.item_id not in skipped:
+                skipped[e.item_id] = e.to_dict()
+                sk.write(json.dumps(e.to_dict()) + "\n")
+    return ModelRun(spec, name, info, rows, list(skipped.values()), round(time.perf_counter() - started, 1))
+
+
+def rounded(values, digits: int = 5) -> list[float]:
+    """Floats for JSON with `digits` significant digits (masses span 1e-6 .. 1)."""
+    return [float(f"{float(v):.{digits}g}") for v in values]

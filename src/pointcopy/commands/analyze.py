@@ -1,0 +1,95 @@
+"""`pointcopy analyze {focus,copy-use,faithfulness}`: attention and intervention analyses of one or more models.
+
+    pointcopy analyze focus --items runs/shapes/data/test --model copy=runs/shapes/runs/copy-seed0/final \\
+        --model nocopy=runs/shapes/runs/nocopy-seed0/final --out runs/analysis/focus
+
+Items: a shapes split directory, a v1g file, or a simple JSONL of image + question/expression + box
+(`pointcopy.analysis.items`). Models: `LABEL=PATH` (repeat a label for seeds of one condition; the first label is
+compared with the others) or `PATH`. Writes OUT/<analysis>.json, .md and .png figures; per model, resumable
+per-item files under OUT/models/.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .args import output_dir, positive_int
+
+ANALYSES = {
+    "focus": "attention on the image, the evidence boxes and the copies, step by step, with statistics",
+    "copy-use": "attention to copied tokens vs their source image tokens, by distance from the copy",
+    "faithfulness": "does the model read what it copies? copy swaps, and pointing quality along the trace",
+}
+
+
+def _layers(value: str) -> list[int]:
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices, got {value!r}") from None
+
+
+def _model(value: str):
+    from pointcopy.analysis.run import parse_model_spec
+
+    try:
+        return parse_model_spec(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="analysis", required=True, metavar="{" + ",".join(ANALYSES) + "}")
+    for name, help_text in ANALYSES.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--items", required=True, help="shapes split dir, v1g file, or JSONL of image + box items")
+        p.add_argument("--model", dest="models", action="append", type=_model, required=True,
+                       help="LABEL=PATH or PATH (repeat; same label = seeds of one condition)")
+        p.add_argument("--out", type=output_dir, required=True, help="output directory")
+        p.add_argument("--limit", type=positive_int, help="first N items only")
+        p.add_argument("--layers", type=_layers, help="decoder layers, e.g. 2,14,27 (default: early, middle, last)")
+        if name != "faithfulness":
+            p.add_argument("--traces", choices=["generated", "given"], default="generated",
+                           help="analyse the model's own greedy traces, or teacher-force the items' given traces")
+        p.add_argument("--batch-size", type=positive_int, default=8)
+        p.add_argument("--max-new-tokens", type=positive_int, default=640)
+        p.add_argument("--pointing", choices=["auto", "on", "off"], default="auto",
+                       help="pointer logits at generation (auto: the checkpoint's setting, off for base checkpoints)")
+        p.add_argument("--threads", type=positive_int, help="torch CPU threads")
+        p.add_argument("--no-progress", action="store_true")
+
+
+def options(args):
+    from pointcopy.analysis.run import RunOptions
+
+    return RunOptions(items=args.items, out=args.out, models=args.models, limit=args.limit, layers=args.layers,
+                      traces=getattr(args, "traces", "generated"), batch_size=args.batch_size,
+                      max_new_tokens=args.max_new_tokens,
+                      pointing={"auto": None, "on": True, "off": False}[args.pointing], threads=args.threads,
+                      progress=not args.no_progress)
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    started = time.perf_counter()
+    opts = options(args)
+    if args.analysis == "focus":
+        from pointcopy.analysis.focus import run_focus
+
+        run_focus(opts)
+        report = Path(opts.out) / "focus.md"
+    elif args.analysis == "copy-use":
+        from pointcopy.analysis.copy_use import run_copy_use
+
+        run_copy_use(opts)
+        report = Path(opts.out) / "copy_use.md"
+    else:
+        from pointcopy.analysis.faithfulness import run_faithfulness
+
+        run_faithfulness(opts)
+        report = Path(opts.out) / "faithfulness.md"
+    print(report.read_text())
+    print(f"wrote {report.parent} in {time.perf_counter() - started:.0f} s")
+    return 0

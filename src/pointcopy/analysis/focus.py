@@ -41,6 +41,7 @@ METRICS = ("image", "visual", "copies", "relevant", "relevant_visual", "ratio", 
 POSITION_BINS = 20
 STEP_BIN = 16
 LATE = 0.75  # late focus: normalised positions from here to the end
+LINKED = ("visual", "relevant_visual", "ratio_visual")  # metrics whose late value is tested against correctness
 
 
 def focus_groups(t) -> torch.Tensor:
@@ -67,8 +68,9 @@ def item_metrics(row: dict, layer: str) -> dict[str, np.ndarray]:
         ratio = (m["relevant"] / m["image"]) / share if row["n_relevant"] else np.full_like(visual, np.nan)
         ratio_v = ((m["relevant"] + m["relevant_copies"]) / visual) / share if row["n_relevant"] else \
             np.full_like(visual, np.nan)
-    return {"image": m["image"], "visual": visual, "copies": m["copies"], "relevant": m["relevant"],
-            "relevant_visual": m["relevant"] + m["relevant_copies"], "ratio": ratio, "ratio_visual": ratio_v}
+    out = {"image": m["image"], "visual": visual, "copies": m["copies"], "relevant": m["relevant"],
+           "relevant_visual": m["relevant"] + m["relevant_copies"], "ratio": ratio, "ratio_visual": ratio_v}
+    return {k: out[k] for k in METRICS}
 
 
 def _summarise(layers):
@@ -88,28 +90,23 @@ def _summarise(layers):
 
 
 # ---- curves and statistics --------------------------------------------------------------------------------------
+def _binned_mean(values: np.ndarray, idx: np.ndarray, n_bins: int) -> np.ndarray:
+    ok = np.isfinite(values) & (idx < n_bins)
+    total = np.bincount(idx[ok], weights=values[ok], minlength=n_bins)[:n_bins]
+    count = np.bincount(idx[ok], minlength=n_bins)[:n_bins]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
 def position_curve(values: np.ndarray, bins: int = POSITION_BINS) -> np.ndarray:
     """(T,) -> (bins,): mean of the steps whose normalised position t / T falls in each bin (NaN if none)."""
-    pos = np.arange(len(values)) / len(values)
-    idx = np.minimum((pos * bins).astype(int), bins - 1)
-    out = np.full(bins, np.nan)
-    for b in range(bins):
-        sel = values[idx == b]
-        sel = sel[np.isfinite(sel)]
-        if sel.size:
-            out[b] = sel.mean()
-    return out
+    idx = np.minimum((np.arange(len(values)) * bins) // max(len(values), 1), bins - 1)
+    return _binned_mean(values, idx, bins)
 
 
 def step_curve(values: np.ndarray, n_bins: int, width: int = STEP_BIN) -> np.ndarray:
     """(T,) -> (n_bins,): mean per block of `width` absolute steps (NaN past the trace's end)."""
-    out = np.full(n_bins, np.nan)
-    for b in range(min(n_bins, math.ceil(len(values) / width))):
-        sel = values[b * width:(b + 1) * width]
-        sel = sel[np.isfinite(sel)]
-        if sel.size:
-            out[b] = sel.mean()
-    return out
+    return _binned_mean(values, np.arange(len(values)) // width, n_bins)
 
 
 def late_value(values: np.ndarray, late: float = LATE) -> float:
@@ -150,21 +147,21 @@ def aggregate(runs, items_order: list[str]) -> dict:
         item_level[label] = {"ids": ids, "layers": {}}
         for layer in layers:
             per_metric, levels = {}, {}
-            for metric in METRICS:
-                pos = np.full((len(group), len(ids), POSITION_BINS), np.nan)
-                steps = np.full((len(group), len(ids), max(n_step_bins, 1)), np.nan)
-                late = np.full((len(group), len(ids)), np.nan)
-                slope = np.full((len(group), len(ids)), np.nan)
-                slope_neg = np.zeros((len(group), len(ids)), dtype=bool)
-                for s, r in enumerate(group):
-                    for n, i in enumerate(ids):
-                        v = item_metrics(r.rows[i], layer)[metric]
-                        pos[s, n] = position_curve(v)
-                        steps[s, n] = step_curve(v, max(n_step_bins, 1))
-                        late[s, n] = late_value(v)
+            shape = (len(METRICS), len(group), len(ids))
+            pos_all, steps_all = np.full((*shape, POSITION_BINS), np.nan), np.full((*shape, max(n_step_bins, 1)), np.nan)
+            late_all, slope_all = np.full(shape, np.nan), np.full(shape, np.nan)
+            neg_all = np.zeros(shape, dtype=bool)
+            for s, r in enumerate(group):
+                for n, i in enumerate(ids):
+                    for k, v in enumerate(item_metrics(r.rows[i], layer).values()):
+                        pos_all[k, s, n] = position_curve(v)
+                        steps_all[k, s, n] = step_curve(v, max(n_step_bins, 1))
+                        late_all[k, s, n] = late_value(v)
                         b, lo, hi = stats.ols_slope(np.arange(len(v)) / len(v), v)
-                        slope[s, n] = b
-                        slope_neg[s, n] = np.isfinite(hi) and hi < 0
+                        slope_all[k, s, n] = b
+                        neg_all[k, s, n] = np.isfinite(hi) and hi < 0
+            for k, metric in enumerate(METRICS):
+                pos, steps, late, slope, slope_neg = pos_all[k], steps_all[k], late_all[k], slope_all[k], neg_all[k]
                 with np.errstate(invalid="ignore"):
                     pos_i, steps_i = _seed_mean(pos), _seed_mean(steps)
                     late_i, slope_i = _seed_mean(late), _seed_mean(slope)
@@ -174,7 +171,7 @@ def aggregate(runs, items_order: list[str]) -> dict:
                     "by_position_per_seed": [_list(np.nanmean(p, axis=0)) if len(ids) else [] for p in pos],
                     "late": _ci(late_i), "slope": _ci(slope_i),
                     "share_items_decaying": _list(slope_neg.mean()) if slope_neg.size else None,
-                    "accuracy_link": _accuracy_link(late_i, _correct(group, ids)),
+                    "accuracy_link": _accuracy_link(late_i, _correct(group, ids)) if metric in LINKED else None,
                 }
             cond["layers"][layer] = per_metric
             item_level[label]["layers"][layer] = levels

@@ -14,6 +14,7 @@ by default and come back as ``(estimate, lo, hi)``; an interval that cannot be f
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 
@@ -181,6 +182,7 @@ def _norm_quantile(p: float) -> float:
     return x - u / (1 + x * u / 2)
 
 
+@functools.lru_cache(maxsize=8192)  # pure, and called once per item and curve with a few distinct dofs
 def t_quantile(p: float, dof: float) -> float:
     """Quantile of Student's t distribution: the t with P(T <= t) = p, for dof > 0 (not necessarily integer).
 

@@ -68,9 +68,12 @@ def _render_settings(path) -> dict:
         from ..embedded.recipe import load_recipe
 
         t = load_recipe(path).training
+        # a shapes model trained on another variant reads the trace without copies ("nocopy": the region keys stay
+        # plain text, as data.shapes.traces writes that variant)
+        copies = json.loads(recipe.read_text()).get("variant", "copy") == "copy"
         return {"region_key_mode": t.region_key_mode, "region_occurrences": t.region_occurrences,
-                "box_text": t.box_text}
-    return {"region_key_mode": "replace", "region_occurrences": "all", "box_text": True}
+                "box_text": t.box_text, "regions": copies}
+    return {"region_key_mode": "replace", "region_occurrences": "all", "box_text": True, "regions": True}
 
 
 @dataclass
@@ -148,9 +151,12 @@ def given_trace_ids(processor, item: AnalysisItem, render: dict) -> list[int]:
     from ..tokens import encode_with_pointers
 
     if item.record is not None:
-        collator = GroundedCollator(processor, max_side=None, **render)
+        settings = {k: v for k, v in render.items() if k != "regions"}
+        collator = GroundedCollator(processor, max_side=None, **settings)
         try:
             sample = GroundedSample.from_record(item.record, max_side=None)
+            if not render.get("regions", True):
+                sample.regions = []
             ids, labels, *_ = collator.encode(sample)
         except V1GError as e:
             raise ItemError(item.id, e.field, e.reason) from e

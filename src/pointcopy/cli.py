@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("pointcopy.eval.score_cli", "score a predictions file against a benchmark (MathVista, MATH-V, MathVerse)"),
     "eval": ("pointcopy.eval.eval_cli", "generate on a benchmark with a model (resumable), then score the run"),
     "analyze": ("pointcopy.commands.analyze", "attention and faithfulness analyses: focus decay, copy use, copy swaps"),
+    "ground": ("pointcopy.commands.ground", "boxes for object descriptions by attention contrast (Algorithm 1), with IoU"),
 }
 
 

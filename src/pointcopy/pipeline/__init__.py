@@ -1,0 +1,1 @@
+"""Data-construction pipeline stages (grounding object descriptions to boxes, ...)."""

@@ -333,7 +333,7 @@ def _compare(a: dict, b: dict, layers) -> dict:
 
 # ---- the command -----------------------------------------------------------------------------------------------
 def run_copy_use(opts: RunOptions, echo=print) -> dict:
-    items, runs = analyse_models(opts, _summarise(opts.layers), echo=echo, needs_copies=True)
+    items, runs = analyse_models(opts, _summarise(opts.layers), analysis="copy-use", echo=echo, needs_copies=True)
     if not any(r.rows for r in runs):
         names = ", ".join(f"{r.name} ({r.spec.path})" for r in runs)
         reasons = [s.get("reason", "") for r in runs for s in r.skipped]

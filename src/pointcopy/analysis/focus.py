@@ -244,7 +244,7 @@ def _compare(a: dict, b: dict, layers) -> dict:
 
 # ---- the command ------------------------------------------------------------------------------------------------
 def run_focus(opts: RunOptions, echo=print) -> dict:
-    items, runs = analyse_models(opts, _summarise(opts.layers), echo=echo)
+    items, runs = analyse_models(opts, _summarise(opts.layers), analysis="focus", echo=echo)
     result = aggregate(runs, [it.id for it in items])
     result["items"] = opts.items
     result["traces"] = opts.traces

@@ -4,7 +4,7 @@
 
 Models given the same label are runs (seeds) of one condition; the first label is the condition the others are
 compared with. Each model gets OUT/models/<label>-<n>/ holding `model.json` (which checkpoint; a rerun with another
-one there is refused), `traces.jsonl` (its generated traces), `items.jsonl` (one summary per analysed item) and
+one there, or another analysis, is refused), `traces.jsonl` (its generated traces), `items.jsonl` (one summary per analysed item) and
 `skipped.jsonl` (items that could not be analysed, with the field and reason). Both JSONL files are appended batch
 by batch, so a killed run resumes where it stopped, without losing or repeating an item.
 """
@@ -79,10 +79,12 @@ def model_dirs(opts: RunOptions) -> list[tuple[ModelSpec, str]]:
 
 
 def analyse_models(opts: RunOptions, summarise: Callable[[list[Traced], object, object, ModelInfo], list[dict]],
-                   *, echo=print, needs_copies: bool = False) -> tuple[list[AnalysisItem], list[ModelRun]]:
+                   *, echo=print, needs_copies: bool = False, analysis: str = "analysis"
+                   ) -> tuple[list[AnalysisItem], list[ModelRun]]:
     """Run `summarise(batch of Traced, model, processor, info) -> one row per item` for every model on every item.
 
-    `needs_copies`: an item whose trace has no copy is skipped (recorded) instead of summarised."""
+    `needs_copies`: an item whose trace has no copy is skipped (recorded) instead of summarised. `analysis` names
+    the analysis: a folder holding another analysis' rows is refused (its rows would be read as this one's)."""
     if not opts.models:
         raise ValueError("no --model given")
     if opts.traces not in ("generated", "given"):
@@ -95,17 +97,17 @@ def analyse_models(opts: RunOptions, summarise: Callable[[list[Traced], object, 
         echo(f"skipped: {e}")
     runs = []
     for spec, name in model_dirs(opts):
-        runs.append(_analyse_model(opts, spec, name, items, item_errors, summarise, echo, needs_copies))
+        runs.append(_analyse_model(opts, spec, name, items, item_errors, summarise, echo, needs_copies, analysis))
     return items, runs
 
 
-def _analyse_model(opts, spec, name, items, item_errors, summarise, echo, needs_copies) -> ModelRun:
+def _analyse_model(opts, spec, name, items, item_errors, summarise, echo, needs_copies, analysis) -> ModelRun:
     from tqdm.auto import tqdm
 
     folder = Path(opts.out) / "models" / name
     folder.mkdir(parents=True, exist_ok=True)
-    meta = {"label": spec.label, "path": str(spec.path), "traces": opts.traces, "pointing": opts.pointing,
-            "max_new_tokens": opts.max_new_tokens}
+    meta = {"analysis": analysis, "label": spec.label, "path": str(spec.path), "traces": opts.traces,
+            "pointing": opts.pointing, "max_new_tokens": opts.max_new_tokens}
     meta_file = folder / "model.json"
     if meta_file.is_file():
         before = json.loads(meta_file.read_text())

@@ -44,6 +44,8 @@ __all__ = [
     "extract_answer",
     "score_item",
     "item_slot_map",
+    "object_cells",
+    "best_match",
     "aggregate",
     "evaluate",
     "format_markdown",
@@ -128,6 +130,13 @@ def _gt_geometry(item: Mapping[str, Any], layout: SlotMap):
     return size, objs, cells, cell_boxes, text_boxes
 
 
+def object_cells(item: Mapping[str, Any], layout: SlotMap) -> tuple[dict[int, set[int]], dict[int, tuple]]:
+    """``(cells, cell_boxes)`` of a ground-truth row's objects on ``layout``: each object's slots (the official
+    box->cell rule) and the box of their union (what a perfect pointer set outlines), by object id."""
+    _, _, cells, cell_boxes, _ = _gt_geometry(item, layout)
+    return cells, cell_boxes
+
+
 def _round_box(box) -> tuple[float, ...]:
     return tuple(float(f"{v:.2f}") for v in box)  # the trace's two-decimal box text
 
@@ -137,7 +146,7 @@ def _denorm(box, size) -> tuple[float, float, float, float]:
     return x0 * size[0], y0 * size[1], x1 * size[0], y1 * size[1]
 
 
-def _best(box, boxes: Mapping[int, Sequence[float]], prefer: int) -> tuple[float, int | None]:
+def best_match(box, boxes: Mapping[int, Sequence[float]], prefer: int | None = None) -> tuple[float, int | None]:
     """Best IoU of ``box`` over ``boxes`` and its id; ties go to ``prefer`` (the generated object's own id)."""
     best, arg = 0.0, None
     for i, b in boxes.items():
@@ -196,12 +205,12 @@ def score_item(text: str, item: Mapping[str, Any], slot_map: SlotMap | None = No
     for o in enum_objs:
         # Map to a ground-truth object by the box text when there is one (finer than 28-px cells), else cells.
         if o.box is not None:
-            iou, arg = _best(_denorm(o.box, size), text_boxes, o.obj_id)
+            iou, arg = best_match(_denorm(o.box, size), text_boxes, o.obj_id)
             box_ious.append(iou)
             mapping[o.obj_id] = arg
         valid = [k for k in o.copy_ids if k in layout]
         if valid:
-            iou, arg = _best(layout.union_box(valid), cell_boxes, o.obj_id)
+            iou, arg = best_match(layout.union_box(valid), cell_boxes, o.obj_id)
             region_ious.append(iou)
             mapping.setdefault(o.obj_id, arg)
 

@@ -27,14 +27,25 @@ Data flow of one forward call (K = largest number of image tokens in the batch):
       -> hidden (B, L, D)
       prefill: CopyMemory.keys = Lk(hidden or embeddings at image tokens) (B, K, Dh), kept in PointCopyCache
     logits = [ lm_head(h)[..., :copy_token_start] | Lq(h)·keysᵀ/sqrt(D) masked to real slots ]  (B, L, V' + K)
+
+Intervening on what is copied (`register_copy_memory_hook(fn)` -> a handle with `.remove()`): at every prefill
+(every forward that builds the memory, cache-free ones included), right after CopyMemory is built and before any
+pointer position gathers from it, `fn(memory)` is called (hooks in registration order). It may edit
+`memory.values` (B, K, D) and `memory.layer_values` (n, B, K, D, when present) in place (they are fresh, detached
+tensors of this call), or return a CopyMemory to use instead. The edit changes exactly the embeddings pointer
+positions copy: those of the prefilled sequence and, since the cache keeps the edited memory, every later copy
+during generation. The image tokens' own embeddings, the pointer keys (computed from the
+decoder's states at the image tokens) and the source positions are untouched. Without a hook nothing changes.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
+from torch.utils.hooks import RemovableHandle
 from transformers import DynamicCache
 from transformers.utils import ModelOutput
 
@@ -187,6 +198,23 @@ class PointCopyMixin:
                                        image_grid_thw=image_grid_thw, mm_token_type_ids=mm_token_type_ids,
                                        logits_to_keep=logits_to_keep, **kwargs)
 
+    # ---- interventions ---------------------------------------------------------------------------------------
+    def register_copy_memory_hook(self, fn: Callable[[CopyMemory], CopyMemory | None]) -> RemovableHandle:
+        """Call `fn(memory)` at every prefill between building the copy memory and the pointer positions reading
+        it (see the module docstring); `handle.remove()` takes it off again."""
+        hooks = self.__dict__.get("_copy_memory_hooks")
+        if hooks is None:
+            hooks = self.__dict__["_copy_memory_hooks"] = OrderedDict()
+        handle = RemovableHandle(hooks)
+        hooks[handle.id] = fn
+        return handle
+
+    def _run_copy_memory_hooks(self, memory: CopyMemory) -> CopyMemory:
+        for fn in list(self.__dict__.get("_copy_memory_hooks", {}).values()):
+            replaced = fn(memory)
+            memory = memory if replaced is None else replaced
+        return memory
+
     # ---- mechanism -----------------------------------------------------------------------------------------
     def point_copy_forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, labels=None,
                            use_cache=None, pixel_values=None, image_grid_thw=None, mm_token_type_ids=None,
@@ -229,6 +257,8 @@ class PointCopyMixin:
             memory = CopyMemory(keys=None, values=gather_slots(embeds, slot_pos).detach(), mask=slot_mask,
                                 positions=position_ids.gather(2, slot_pos[None].expand(position_ids.shape[0], -1, -1)),
                                 layer_values=layer_values)
+            if self.__dict__.get("_copy_memory_hooks"):
+                memory = self._run_copy_memory_hooks(memory)
         else:
             if pixel_values is not None:
                 raise ValueError("pixel_values given to a decoding step: images are encoded once, at prefill")

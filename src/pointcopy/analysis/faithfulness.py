@@ -535,7 +535,7 @@ def aggregate(runs, items_order: list[str]) -> dict:
 def run_faithfulness(opts: RunOptions, echo=print) -> dict:
     if opts.traces != "generated":
         raise ValueError("faithfulness reruns the model's own generation: use generated traces")
-    items, runs = analyse_models(opts, _summarise(opts), echo=echo, needs_copies=True)
+    items, runs = analyse_models(opts, _summarise(opts), echo=echo, needs_copies=True, analysis="faithfulness")
     if not any(r.rows for r in runs):
         raise ValueError("no model copies: every analysed trace of every model has no pointer token (pointing off, "
                          "or a model that never learnt to point), so there is nothing to swap or to score; see "

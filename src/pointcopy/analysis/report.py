@@ -105,8 +105,9 @@ def focus_markdown(result: dict) -> str:
              "| condition | models | items | accuracy | steps | copies/item |", "|---|---|---|---|---|---|"]
     for label, c in conds.items():
         acc = "–" if c["accuracy"] is None else f"{100 * c['accuracy']:.1f}%"
-        lines.append(f"| {label} | {len(c['models'])} | {c['n_items']} | {acc} | {c['mean_steps']} | "
-                     f"{c['copies_per_item']} |")
+        steps, copies = c["mean_steps"], c["copies_per_item"]
+        lines.append(f"| {label} | {len(c['models'])} | {c['n_items']} | {acc} | "
+                     f"{'–' if steps is None else f'{steps:.0f}'} | {'–' if copies is None else f'{copies:.1f}'} |")
     lines += ["", "| condition | layer | late visual | late image | late ratio (visual) | slope of visual | "
                   "items decaying | late ratio (visual) -> right answer: AUC |", "|---|---|---|---|---|---|---|---|"]
     for label, c in conds.items():

@@ -108,6 +108,8 @@ def _analyse_model(opts, spec, name, items, item_errors, summarise, echo, needs_
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"analysis": analysis, "label": spec.label, "path": str(spec.path), "traces": opts.traces,
             "pointing": opts.pointing, "max_new_tokens": opts.max_new_tokens}
+    if opts.extra:  # an analysis' own settings (e.g. faithfulness' events per item): rows made with others differ
+        meta["extra"] = dict(opts.extra)
     meta_file = folder / "model.json"
     if meta_file.is_file():
         before = json.loads(meta_file.read_text())

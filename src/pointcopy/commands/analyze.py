@@ -51,11 +51,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if name != "faithfulness":
             p.add_argument("--traces", choices=["generated", "given"], default="generated",
                            help="analyse the model's own greedy traces, or teacher-force the items' given traces")
+        if name == "faithfulness":
+            p.add_argument("--events-per-item", type=positive_int, default=3,
+                           help="copies per item to intervene on (spread over the trace: first, middle, last)")
         p.add_argument("--batch-size", type=positive_int, default=8)
         p.add_argument("--max-new-tokens", type=positive_int, default=640)
         p.add_argument("--pointing", choices=["auto", "on", "off"], default="auto",
                        help="pointer logits at generation (auto: the checkpoint's setting, off for base checkpoints)")
-        p.add_argument("--threads", type=positive_int, help="torch CPU threads")
+        p.add_argument("--threads", type=positive_int,
+                       help="torch CPU threads (on a machine busy with other jobs, 1 is much faster than 2)")
         p.add_argument("--no-progress", action="store_true")
 
 
@@ -66,7 +70,8 @@ def options(args):
                       traces=getattr(args, "traces", "generated"), batch_size=args.batch_size,
                       max_new_tokens=args.max_new_tokens,
                       pointing={"auto": None, "on": True, "off": False}[args.pointing], threads=args.threads,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress,
+                      extra={"events_per_item": args.events_per_item} if hasattr(args, "events_per_item") else {})
 
 
 def run(args: argparse.Namespace) -> int:

@@ -61,7 +61,8 @@ def assert_same_maps(a, b, tol=1e-6):
 # ---- shared prefix + batched suffixes == two full forwards per object ----------------------------------------------
 @pytest.mark.parametrize("name,options", [
     ("tiny", dict(layers=(0, 1), batch_size=2)),  # several suffix batches reuse one prefix cache
-    ("tiny", dict(layers=(1,), heads={1: [0, 3]})),  # a head subset ("localization heads")
+    ("tiny", dict(layers=(1,), heads={1: [0, 3]}, sharpness="corr")),  # a head subset ("localization heads")
+    ("tiny", dict(layers=(0, 1), image_scale=2.0)),  # finer cells; boxes still in the original image's pixels
     ("tiny-qwen3", dict(layers=(0, -1))),  # another backbone of the family (deepstack visual inputs)
 ])
 def test_shared_prefix_maps_equal_naive_maps(name, options, tokenizer):
@@ -80,6 +81,15 @@ def test_shared_prefix_maps_equal_naive_maps(name, options, tokenizer):
     rows_naive = grounder.ground_group(records, naive=True)
     assert [r["box"] for r in rows_shared] == [r["box"] for r in rows_naive]
     assert [r["peak"] for r in rows_shared] == [r["peak"] for r in rows_naive]
+    w, h = records[0].images[0].size
+    grid = shared.slot_map.grids[0]
+    scale = grounder.options.image_scale
+    want = processor.grid_for((round(w * scale), round(h * scale)))
+    assert (grid.rows, grid.cols) == (want.rows, want.cols)  # the grid of the resized image, sizes of the given one
+    for row in rows_shared:
+        assert row["image_size"] == [w, h]
+        x0, y0, x1, y1 = row["box"]
+        assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
 
 
 def test_maps_are_attention_of_the_final_position_over_image_tokens(tiny):

@@ -65,6 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eps-scale", type=float, default=d.eps_scale, help="zero guard: eps = scale x mean(A')")
     parser.add_argument("--min-contrast", type=positive_float, default=d.min_contrast,
                         help="R at the peak / median R below this marks a result low-confidence")
+    parser.add_argument("--image-scale", type=positive_float, default=d.image_scale,
+                        help="resize images by this factor before encoding (finer cells; boxes stay original)")
     parser.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="suffix rows per forward")
     parser.add_argument("--threads", type=positive_int, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true")
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     options = GroundOptions(prompt=args.prompt, baseline=args.baseline, answer_prefix=args.answer_prefix,
                             layers=args.layers, heads=args.heads, crop_ratios=args.crop_ratios, centre=args.centre,
                             sharpness=args.sharpness, eps_scale=args.eps_scale, min_contrast=args.min_contrast,
-                            batch_size=args.batch_size)
+                            image_scale=args.image_scale, batch_size=args.batch_size)
     started = time.perf_counter()
     ground_file(args.model, args.records, args.out, options, limit=args.limit, threads=args.threads,
                 progress=not args.no_progress)
@@ -98,4 +100,7 @@ def format_report(report: dict) -> str:
         if s.get("n"):
             lines.append(f"  {label:26s} n={s['n']}  mean IoU {s['mean_iou']:.3f}  peak inside own box "
                          f"{s['peak_inside']:.1%}")
+    chance = (report.get("centre_baseline") or {}).get("random_peak_inside")
+    if chance is not None:
+        lines.append(f"  {'random image token':26s} peak inside own box {chance:.1%}")
     return "\n".join(lines)

@@ -44,3 +44,15 @@ def benchmarks_path() -> Path:
 @pytest.fixture(scope="session")
 def oracles_path() -> Path:
     return oracles_dir()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny forwards run faster on one thread than on two on a busy 2-core machine; restored after the module
+    (use with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`)."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)

@@ -24,12 +24,7 @@ SHAPES_TINY = Path(__file__).resolve().parents[2] / "src" / "pointcopy" / "embed
 N_ITEMS = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,7 @@ from .probe import default_layers
 from .run import RunOptions, analyse_models
 
 __all__ = ["BEFORE", "EDGES", "BIN_SCHEME", "QUANTITIES", "WINDOWS", "copy_use_groups", "bin_means",
-           "window_mean", "event_summaries", "item_row", "item_values", "aggregate", "run_copy_use", "load_result",
+           "window_mean", "event_summaries", "item_row", "item_values", "aggregate", "run_copy_use",
            "write_copy_use_report", "plot_copy_use", "copy_use_markdown"]
 
 BEFORE = 64  # steps before an event that are kept (source attention may rise before the copy)
@@ -346,15 +346,10 @@ def run_copy_use(opts: RunOptions, echo=print) -> dict:
     result = aggregate(runs, [it.id for it in items])
     result["items"] = opts.items
     result["traces"] = opts.traces
-    result["models"] = {r.name: {"label": r.spec.label, "path": r.spec.path, "analysed": len(r.rows),
-                                 "skipped": len(r.skipped), "seconds": r.seconds,
-                                 "pointing": r.info.pointing_enabled} for r in runs}
+    result["models"] = {r.name: r.summary() for r in runs}
     write_copy_use_report(result, Path(opts.out))
     return result
 
-
-def load_result(out: str | Path) -> dict:
-    return json.loads((Path(out) / "copy_use.json").read_text())
 
 
 # ---- report ----------------------------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ from .run import RunOptions, analyse_models
 
 __all__ = ["ATTRS", "EVENTS_PER_ITEM", "POSITION_BINS", "INDEX_BINS", "attribute_words", "classify_words",
            "choose_partner", "map_cells", "blank_slot", "counterfactual_answer", "event_object", "choose_events",
-           "memory_edit_hook", "pointing_events", "binned_means", "aggregate", "run_faithfulness", "load_result"]
+           "memory_edit_hook", "pointing_events", "binned_means", "aggregate", "run_faithfulness"]
 
 ATTRS = ("size", "color", "material", "shape")  # the order of a shapes trace's attribute words
 EVENTS_PER_ITEM = 3
@@ -545,8 +545,7 @@ def run_faithfulness(opts: RunOptions, echo=print) -> dict:
     result["events_per_item"] = int(opts.extra.get("events_per_item", EVENTS_PER_ITEM))
     result["models"] = {}
     for r in runs:
-        entry = {"label": r.spec.label, "path": r.spec.path, "analysed": len(r.rows), "skipped": len(r.skipped),
-                 "seconds": r.seconds, "pointing": r.info.pointing_enabled}
+        entry = r.summary()
         if not r.rows:
             entry["note"] = "never copies: every item skipped (see skipped.jsonl)"
             echo(f"{r.name}: never copies; all {len(r.skipped)} items skipped")
@@ -554,9 +553,6 @@ def run_faithfulness(opts: RunOptions, echo=print) -> dict:
     write_report(result, Path(opts.out))
     return result
 
-
-def load_result(out: str | Path) -> dict:
-    return json.loads((Path(out) / "faithfulness.json").read_text())
 
 
 # ---- report -------------------------------------------------------------------------------------------------------

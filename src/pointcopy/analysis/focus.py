@@ -22,7 +22,6 @@ bootstrap over the items both analysed: difference curves and the late-focus dif
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -248,14 +247,9 @@ def run_focus(opts: RunOptions, echo=print) -> dict:
     result = aggregate(runs, [it.id for it in items])
     result["items"] = opts.items
     result["traces"] = opts.traces
-    result["models"] = {r.name: {"label": r.spec.label, "path": r.spec.path, "analysed": len(r.rows),
-                                 "skipped": len(r.skipped), "seconds": r.seconds,
-                                 "pointing": r.info.pointing_enabled} for r in runs}
+    result["models"] = {r.name: r.summary() for r in runs}
     from .report import write_focus_report
 
     write_focus_report(result, Path(opts.out))
     return result
 
-
-def load_result(out: str | Path) -> dict:
-    return json.loads((Path(out) / "focus.json").read_text())

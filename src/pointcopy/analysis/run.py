@@ -68,6 +68,11 @@ class ModelRun:
     skipped: list[dict]
     seconds: float
 
+    def summary(self) -> dict:
+        """What a report says about this model's run."""
+        return {"label": self.spec.label, "path": self.spec.path, "analysed": len(self.rows),
+                "skipped": len(self.skipped), "seconds": self.seconds, "pointing": self.info.pointing_enabled}
+
 
 def model_dirs(opts: RunOptions) -> list[tuple[ModelSpec, str]]:
     counts: dict[str, int] = {}

@@ -265,16 +265,22 @@ def ols_slope(x, y) -> tuple[float, float, float]:
 # AUC
 
 
+def _binary_pairs(x, y, names: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) as float arrays of one length with non-finite pairs dropped; y must be 0/1 (ValueError naming them)."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    y = np.asarray(y, dtype=np.float64).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"{names[0]} and {names[1]} must have the same length: {x.shape} vs {y.shape}")
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    if not np.isin(y, (0.0, 1.0)).all():
+        raise ValueError(f"{names[1]} must be 0/1 (or booleans)")
+    return x, y
+
+
 def _auc_split(scores, labels) -> tuple[np.ndarray, np.ndarray]:
     """Dense integer ranks (ties share one) of the positives' and the negatives' scores; NaN scores dropped."""
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    lab = np.asarray(labels, dtype=np.float64).ravel()
-    if s.shape != lab.shape:
-        raise ValueError(f"scores and labels must have the same length: {s.shape} vs {lab.shape}")
-    keep = np.isfinite(s) & np.isfinite(lab)
-    s, lab = s[keep], lab[keep]
-    if not np.isin(lab, (0.0, 1.0)).all():
-        raise ValueError("labels must be 0/1 (or booleans)")
+    s, lab = _binary_pairs(scores, labels, ("scores", "labels"))
     uniq = np.unique(s)
     r = np.searchsorted(uniq, s)
     return r[lab == 1.0], r[lab == 0.0]
@@ -383,15 +389,7 @@ def _objective_rows(th: np.ndarray, x: np.ndarray, y: np.ndarray, wn: np.ndarray
 
 
 def _logistic_data(x, y) -> tuple[np.ndarray, np.ndarray]:
-    x = np.asarray(x, dtype=np.float64).ravel()
-    y = np.asarray(y, dtype=np.float64).ravel()
-    if x.shape != y.shape:
-        raise ValueError(f"x and y must have the same length: {x.shape} vs {y.shape}")
-    keep = np.isfinite(x) & np.isfinite(y)
-    x, y = x[keep], y[keep]
-    if not np.isin(y, (0.0, 1.0)).all():
-        raise ValueError("y must be 0/1 (or booleans)")
-    return x, y
+    return _binary_pairs(x, y, ("x", "y"))
 
 
 def logistic_regression(x, y, l2: float = 1e-6, max_iter: int = 100) -> tuple[float, float]:

@@ -98,6 +98,34 @@ def save_untrained(out: Path, seed: int) -> None:
     processor.save_pretrained(out)
 
 
+def eval_qa(model_dir: Path, scenes: int = 25, per_scene: int = 4) -> dict:
+    """Held-out accuracy of the training task (exact answer word), by objects per scene (scenes of their own seed,
+    neither the training nor the test split's)."""
+    import torch
+
+    from pointcopy.analysis.traces import load_model
+    from pointcopy.data.shapes.scene import render
+    from pointcopy.inference import generate
+
+    torch.set_num_threads(1)
+    model, processor, _ = load_model(model_dir)
+    rng = random.Random("ground-qa-eval")
+    out = {}
+    for n in (1, 2, 4, 8):
+        right = []
+        for i in range(scenes):
+            scene = generate_scene(f"ground-qa-eval:{n}:{i}", SceneConfig(min_objects=n, max_objects=n,
+                                                                          exclusive_cells=True))
+            qa = questions(scene, rng)
+            rng.shuffle(qa)
+            qa = qa[:per_scene]
+            gens = generate(processor=processor, model=model, questions=[q for q, _ in qa],
+                            images=[[render(scene)]] * len(qa), max_new_tokens=3)
+            right += [g.text.strip() == a for (_, a), g in zip(qa, gens)]
+        out[f"{n}_objects"] = round(sum(right) / len(right), 3)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True, type=Path)
@@ -114,9 +142,13 @@ def main() -> None:
     parser.add_argument("--train-vision", action="store_true",
                         help="train the vision tower too (the recipe freezes it after its warm-up)")
     parser.add_argument("--start", default=str(SHIPPED), help="checkpoint to fine-tune (default: shipped model)")
+    parser.add_argument("--eval-qa", type=Path, metavar="DIR", help="only report DIR's accuracy on the training task")
     parser.add_argument("--save-untrained", type=Path, metavar="DIR",
                         help="only write the control: the shapes-tiny architecture, freshly initialised (--seed)")
     args = parser.parse_args()
+    if args.eval_qa:
+        print(json.dumps({"model": str(args.eval_qa), "qa_accuracy": eval_qa(args.eval_qa)}))
+        return
     if args.save_untrained:
         save_untrained(args.save_untrained, args.seed)
         print(args.save_untrained)

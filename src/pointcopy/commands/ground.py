@@ -98,8 +98,9 @@ def format_report(report: dict) -> str:
     for label, key in (("attention contrast", "model"), ("centre box (median size)", "centre_baseline")):
         s = report.get(key) or {}
         if s.get("n"):
+            other = f", on another object {s['peak_on_other']:.1%}" if "peak_on_other" in s else ""
             lines.append(f"  {label:26s} n={s['n']}  mean IoU {s['mean_iou']:.3f}  peak inside own box "
-                         f"{s['peak_inside']:.1%}")
+                         f"{s['peak_inside']:.1%}{other}")
     chance = (report.get("centre_baseline") or {}).get("random_peak_inside")
     if chance is not None:
         lines.append(f"  {'random image token':26s} peak inside own box {chance:.1%}")

@@ -67,8 +67,8 @@ from ..jsonl import drop_partial_last_line
 from ..layout import SlotMap
 
 __all__ = ["GroundOptions", "GroundRecord", "Grounder", "MapSet", "BoxChoice", "RecordError", "contrast_map",
-           "choose_box", "ground_records", "ground_file", "read_records", "shapes_records", "evaluate_rows",
-           "centre_box_baseline", "SHARPNESS"]
+           "choose_box", "expand_cache", "ground_records", "ground_file", "read_records", "shapes_records",
+           "score_against", "evaluate_rows", "centre_box_baseline", "SHARPNESS", "CENTRES", "DEFAULT_RATIOS"]
 
 SHARPNESS = ("otsu", "corr", "diff", "ratio")
 CENTRES = ("centroid", "peak")
@@ -204,7 +204,8 @@ def _looks_like_shapes(path: Path) -> bool:
 def shapes_records(split: str | Path, limit: int | None = None) -> Iterable[GroundRecord]:
     """One record per object of each scene of a shapes split (`pointcopy shapes data`): description =
     `data.shapes.traces.describe(obj)` ("large red shiny cube"), box = the object's box; `meta["ambiguous"]` is
-    True when another object of the scene has the same description (no grounder can tell them apart)."""
+    True when another object of the scene has the same description (no grounder can tell them apart);
+    `meta["other_boxes"]` are the scene's other objects (scored: does a wrong peak land on another object?)."""
     from ..data.shapes.build import read_items
     from ..data.shapes.scene import Scene
     from ..data.shapes.traces import describe
@@ -215,8 +216,10 @@ def shapes_records(split: str | Path, limit: int | None = None) -> Iterable[Grou
         words = [describe(o) for o in scene.objects]
         image = str(split / "images" / f"{row['id']}.png")
         for o, desc in zip(scene.objects, words):
+            others = [list(p.box) for p in scene.objects if p.id != o.id]
             yield GroundRecord(f"{row['id']}/obj{o.id}", [image], desc, tuple(float(v) for v in o.box), 0,
-                               {"ambiguous": words.count(desc) > 1, "size": o.size, "n_objects": len(words)})
+                               {"ambiguous": words.count(desc) > 1, "size": o.size, "n_objects": len(words),
+                                "other_boxes": others})
 
 
 # ---------------------------------------------------------------------------------------------------- maps
@@ -373,9 +376,9 @@ class Grounder:
         grids of what the model sees, the sizes of what was given), so every box is in original coordinates."""
         from PIL import Image
 
-        from ..images import to_rgb
+        from ..images import open_rgb, to_rgb
 
-        images = [to_rgb(im) for im in images]
+        images = [open_rgb(im) if isinstance(im, (str, Path)) else to_rgb(im) for im in images]
         sizes = [im.size for im in images]
         scale = self.options.image_scale
         if scale != 1:
@@ -588,6 +591,9 @@ def score_against(rec: GroundRecord, slot_map: SlotMap, box, image: int, peak_sl
     cells = set(slot_map.box_to_slots(gt, gi))
     out = {"gt_box": list(rec.box), "iou": round(box_iou(box, gt), 4) if image == gi else 0.0,
            "peak_inside": peak_slot in cells, "gt_cell_share": round(len(cells) / slot_map.num_slots, 5)}
+    others = (rec.meta or {}).get("other_boxes")
+    if others is not None:  # a peak on another object: the grounder found *an* object, not the named one
+        out["peak_on_other"] = any(peak_slot in slot_map.box_to_slots(b, gi) for b in others)
     if gt != tuple(rec.box):
         out["gt_note"] = "ground-truth box clipped to the image"
     if layer_peaks:
@@ -634,6 +640,8 @@ def evaluate_rows(rows: Sequence[dict], exclude_ambiguous: bool = True) -> dict:
                "peak_inside": round(float(np.mean([bool(r["peak_inside"]) for r in rs])), 4),
                "iou_at_0.5": round(float(np.mean([r["iou"] >= 0.5 for r in rs])), 4),
                "low_confidence": round(float(np.mean([bool(r.get("low_confidence")) for r in rs])), 4)}
+        if all("peak_on_other" in r for r in rs):
+            out["peak_on_other"] = round(float(np.mean([bool(r["peak_on_other"]) for r in rs])), 4)
         layers = sorted({k for r in rs for k in (r.get("layer_peak_inside") or {})}, key=int)
         if layers:
             out["layer_peak_inside"] = {k: round(float(np.mean([bool(r["layer_peak_inside"].get(k)) for r in rs])), 4)

@@ -20,13 +20,7 @@ from pointcopy.presets import PRESET_PROCESSORS, PRESETS, build_tiny_processor, 
 CONFIG = SceneConfig(min_objects=3, max_objects=8, exclusive_cells=True)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny forwards are slower with two threads on a busy machine; restored after the module."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -32,18 +32,16 @@ Per-item rows hold the event-averaged binned curves and the per-event window mea
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..files import write_atomic
 from . import stats
 from .attention import step_masses
 from .probe import default_layers
-from .run import RunOptions, analyse_models
+from .run import RunOptions, analyse_models, paired_indices, write_report
 
 __all__ = ["BEFORE", "EDGES", "BIN_SCHEME", "QUANTITIES", "WINDOWS", "copy_use_groups", "bin_means",
            "window_mean", "event_summaries", "item_row", "item_values", "aggregate", "run_copy_use",
@@ -317,9 +315,7 @@ def _pooled(group, ids, layer) -> dict:
 
 def _compare(a: dict, b: dict, layers) -> dict:
     """Paired differences a - b over the items both conditions analysed."""
-    common = [i for i in a["ids"] if i in set(b["ids"])]
-    ia = [a["ids"].index(i) for i in common]
-    ib = [b["ids"].index(i) for i in common]
+    common, ia, ib = paired_indices(a["ids"], b["ids"])
     out = {"n_items": len(common), "layers": {}}
     for layer in layers:
         la, lb = a["layers"][layer], b["layers"][layer]
@@ -354,10 +350,7 @@ def run_copy_use(opts: RunOptions, echo=print) -> dict:
 
 # ---- report ----------------------------------------------------------------------------------------------------
 def write_copy_use_report(result: dict, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "copy_use.json", json.dumps(result, indent=1))
-    plot_copy_use(result, out / "copy_use.png")
-    write_atomic(out / "copy_use.md", copy_use_markdown(result))
+    write_report(out, "copy_use", result, plot_copy_use, copy_use_markdown)
 
 
 TICKS = (-64, -16, -4, 0, 4, 16, 64, 256, 1024, 4096, 16384, 65536)

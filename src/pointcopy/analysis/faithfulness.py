@@ -49,7 +49,6 @@ Models sharing a label are seeds of one condition; a model that never copies has
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -57,9 +56,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..files import write_atomic
 from . import stats
-from .run import RunOptions, analyse_models
+from .run import RunOptions, analyse_models, write_report
 
 __all__ = ["ATTRS", "EVENTS_PER_ITEM", "POSITION_BINS", "INDEX_BINS", "attribute_words", "classify_words",
            "choose_partner", "map_cells", "blank_slot", "counterfactual_answer", "event_object", "choose_events",
@@ -550,17 +548,14 @@ def run_faithfulness(opts: RunOptions, echo=print) -> dict:
             entry["note"] = "never copies: every item skipped (see skipped.jsonl)"
             echo(f"{r.name}: never copies; all {len(r.skipped)} items skipped")
         result["models"][r.name] = entry
-    write_report(result, Path(opts.out))
+    write_faithfulness_report(result, Path(opts.out))
     return result
 
 
 
 # ---- report -------------------------------------------------------------------------------------------------------
-def write_report(result: dict, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "faithfulness.json", json.dumps(result, indent=1))
-    plot(result, out / "faithfulness.png")
-    write_atomic(out / "faithfulness.md", markdown(result))
+def write_faithfulness_report(result: dict, out: Path) -> None:
+    write_report(out, "faithfulness", result, plot, markdown)
 
 
 def plot(result: dict, path: Path) -> None:

@@ -31,7 +31,7 @@ import torch
 from . import stats
 from .attention import step_masses
 from .probe import default_layers
-from .run import RunOptions, analyse_models, rounded
+from .run import RunOptions, analyse_models, paired_indices, rounded
 
 __all__ = ["GROUPS", "METRICS", "focus_groups", "item_metrics", "run_focus", "aggregate"]
 
@@ -226,9 +226,7 @@ def _accuracy_link(late: np.ndarray, correct: np.ndarray) -> dict | None:
 
 def _compare(a: dict, b: dict, layers) -> dict:
     """Paired differences a - b over the items both conditions analysed."""
-    common = [i for i in a["ids"] if i in set(b["ids"])]
-    ia = [a["ids"].index(i) for i in common]
-    ib = [b["ids"].index(i) for i in common]
+    common, ia, ib = paired_indices(a["ids"], b["ids"])
     out = {"n_items": len(common), "layers": {}}
     for layer in layers:
         out["layers"][layer] = {}

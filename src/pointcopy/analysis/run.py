@@ -169,6 +169,24 @@ def _analyse_model(opts, spec, name, items, item_errors, summarise, echo, needs_
     return ModelRun(spec, name, info, rows, list(skipped.values()), round(time.perf_counter() - started, 1))
 
 
+def paired_indices(ids_a: list[str], ids_b: list[str]) -> tuple[list[str], list[int], list[int]]:
+    """The items both conditions analysed (in `ids_a`'s order) and their row indices in each: what a matched
+    comparison pairs."""
+    where_b = {i: n for n, i in enumerate(ids_b)}
+    common = [i for i in ids_a if i in where_b]
+    where_a = {i: n for n, i in enumerate(ids_a)}
+    return common, [where_a[i] for i in common], [where_b[i] for i in common]
+
+
+def write_report(out: Path, stem: str, result: dict, plot: Callable[[dict, Path], None],
+                 markdown: Callable[[dict], str]) -> None:
+    """OUT/<stem>.json (every number), OUT/<stem>.png and OUT/<stem>.md, each written atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / f"{stem}.json", json.dumps(result, indent=1))
+    plot(result, out / f"{stem}.png")
+    write_atomic(out / f"{stem}.md", markdown(result))
+
+
 def rounded(values, digits: int = 5) -> list[float]:
     """Floats for JSON with `digits` significant digits (masses span 1e-6 .. 1)."""
     return [float(f"{float(v):.{digits}g}") for v in values]

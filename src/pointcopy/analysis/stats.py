@@ -232,18 +232,24 @@ def t_quantile(p: float, dof: float) -> float:
     return 0.5 * (lo + hi)
 
 
+def _finite_pairs(x, y, names: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) as float arrays of one length with pairs holding a NaN (or inf) dropped; ValueError naming them
+    when their lengths differ."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    y = np.asarray(y, dtype=np.float64).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"{names[0]} and {names[1]} must have the same length: {x.shape} vs {y.shape}")
+    keep = np.isfinite(x) & np.isfinite(y)
+    return x[keep], y[keep]
+
+
 def ols_slope(x, y) -> tuple[float, float, float]:
     """Least-squares slope of y on x (with intercept) and its 95% t-interval (n - 2 dof).
 
     x, y: (n,) each; pairs with a NaN in either are dropped. Returns (slope, lo, hi): with fewer than 2 points
     (or constant x) all NaN; with exactly 2 points the slope and NaN, NaN.
     """
-    x = np.asarray(x, dtype=np.float64).ravel()
-    y = np.asarray(y, dtype=np.float64).ravel()
-    if x.shape != y.shape:
-        raise ValueError(f"x and y must have the same length: {x.shape} vs {y.shape}")
-    keep = np.isfinite(x) & np.isfinite(y)
-    x, y = x[keep], y[keep]
+    x, y = _finite_pairs(x, y, ("x", "y"))
     n = x.size
     nan = float("nan")
     if n < 2:
@@ -266,13 +272,8 @@ def ols_slope(x, y) -> tuple[float, float, float]:
 
 
 def _binary_pairs(x, y, names: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
-    """(x, y) as float arrays of one length with non-finite pairs dropped; y must be 0/1 (ValueError naming them)."""
-    x = np.asarray(x, dtype=np.float64).ravel()
-    y = np.asarray(y, dtype=np.float64).ravel()
-    if x.shape != y.shape:
-        raise ValueError(f"{names[0]} and {names[1]} must have the same length: {x.shape} vs {y.shape}")
-    keep = np.isfinite(x) & np.isfinite(y)
-    x, y = x[keep], y[keep]
+    """`_finite_pairs` with y checked to be 0/1 (ValueError naming it)."""
+    x, y = _finite_pairs(x, y, names)
     if not np.isin(y, (0.0, 1.0)).all():
         raise ValueError(f"{names[1]} must be 0/1 (or booleans)")
     return x, y

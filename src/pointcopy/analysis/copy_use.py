@@ -41,6 +41,7 @@ import torch
 from . import stats
 from .attention import step_masses
 from .probe import default_layers
+from .run import json_num as _num, json_nums as _nums
 from .run import RunOptions, analyse_models, paired_indices, write_report
 
 __all__ = ["BEFORE", "EDGES", "BIN_SCHEME", "QUANTITIES", "WINDOWS", "copy_use_groups", "bin_means",
@@ -180,15 +181,6 @@ def _nanmean(a, axis=0):
 
 def _arr(values) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in values], dtype=float)
-
-
-def _num(v):
-    v = float(v)
-    return None if not math.isfinite(v) else float(f"{v:.6g}")
-
-
-def _nums(a) -> list:
-    return [_num(v) for v in np.asarray(a, dtype=float).ravel()]
 
 
 def _ci(values) -> dict:

@@ -57,6 +57,7 @@ import numpy as np
 import torch
 
 from . import stats
+from .run import json_num as _num, json_nums as _nums
 from .run import RunOptions, analyse_models, write_report
 
 __all__ = ["ATTRS", "EVENTS_PER_ITEM", "POSITION_BINS", "INDEX_BINS", "attribute_words", "classify_words",
@@ -368,15 +369,6 @@ def _summarise(opts: RunOptions):
 
 
 # ---- statistics ---------------------------------------------------------------------------------------------------
-def _num(v):
-    v = float(v)
-    return None if not math.isfinite(v) else float(f"{v:.6g}")
-
-
-def _nums(a) -> list:
-    return [_num(v) for v in np.asarray(a, dtype=float).ravel()]
-
-
 def _ci(values) -> dict:
     mean, lo, hi = stats.bootstrap_mean_ci(values)
     if np.ndim(mean) == 0:

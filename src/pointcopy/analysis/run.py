@@ -12,11 +12,14 @@ by batch, so a killed run resumes where it stopped, without losing or repeating 
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+import numpy as np
 
 from ..files import write_atomic
 from .items import AnalysisItem, ItemError, load_items
@@ -185,6 +188,16 @@ def write_report(out: Path, stem: str, result: dict, plot: Callable[[dict, Path]
     write_atomic(out / f"{stem}.json", json.dumps(result, indent=1))
     plot(result, out / f"{stem}.png")
     write_atomic(out / f"{stem}.md", markdown(result))
+
+
+def json_num(v) -> float | None:
+    """A float for a report's JSON: 6 significant digits, None for NaN / inf."""
+    v = float(v)
+    return None if not math.isfinite(v) else float(f"{v:.6g}")
+
+
+def json_nums(a) -> list:
+    return [json_num(v) for v in np.asarray(a, dtype=float).ravel()]
 
 
 def rounded(values, digits: int = 5) -> list[float]:

@@ -49,7 +49,6 @@ Models sharing a label are seeds of one condition; a model that never copies has
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 

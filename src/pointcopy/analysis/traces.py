@@ -40,9 +40,11 @@ class ModelInfo:
         return dict(self.__dict__)
 
 
-def load_model(path: str | Path, pointing: bool | None = None, threads: int | None = None):
+def load_model(path: str | Path, pointing: bool | None = None, threads: int | None = None,
+               device: str | None = None):
     """(model in eval mode, processor, ModelInfo). `pointing=None`: the checkpoint's own setting for our and
-    official v1 checkpoints, off for a base Qwen-VL checkpoint (its fresh pointer heads would point at random)."""
+    official v1 checkpoints, off for a base Qwen-VL checkpoint (its fresh pointer heads would point at random).
+    `device`: where the model runs (default: where it loads, the CPU)."""
     from ..model import PointCopyForConditionalGeneration
     from ..model.convert import adapter_for, read_config_dict
     from ..processing import PointCopyProcessor
@@ -55,6 +57,8 @@ def load_model(path: str | Path, pointing: bool | None = None, threads: int | No
         pointing = False
     kwargs = {} if pointing is None else {"pointing_enabled": bool(pointing)}
     model = PointCopyForConditionalGeneration.from_pretrained(path, **kwargs).eval()
+    if device is not None:
+        model = model.to(device)
     processor = PointCopyProcessor.from_pretrained(path)
     info = ModelInfo(str(path), str(model_type), bool(model.config.pointing_enabled), processor.copy_token_start,
                      num_text_layers(model), _render_settings(path))

@@ -46,13 +46,20 @@ def _heads(value: str) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pointcopy.pipeline.ground import CENTRES, DEFAULT_RATIOS, SHARPNESS, GroundOptions
-
-    d = GroundOptions()
     parser.add_argument("--model", required=True, help="Qwen2.5-VL-family checkpoint (ours, official v1, base)")
     parser.add_argument("--records", required=True, help="JSONL of grounding records, or a shapes split folder")
     parser.add_argument("--out", type=output_dir, required=True, help="output directory (resumable)")
     parser.add_argument("--limit", type=positive_int, help="first N records only")
+    add_ground_options(parser)
+    parser.add_argument("--threads", type=positive_int, help="torch CPU threads")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def add_ground_options(parser: argparse.ArgumentParser) -> None:
+    """The `GroundOptions` flags (also used by `pointcopy pipeline build`)."""
+    from pointcopy.pipeline.ground import CENTRES, DEFAULT_RATIOS, SHARPNESS, GroundOptions
+
+    d = GroundOptions()
     parser.add_argument("--prompt", default=d.prompt, help="user text; {description} is replaced")
     parser.add_argument("--baseline", default=d.baseline, help="what replaces the description for A'")
     parser.add_argument("--answer-prefix", default=d.answer_prefix,
@@ -68,20 +75,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-scale", type=positive_float, default=d.image_scale,
                         help="resize images by this factor before encoding (finer cells; boxes stay original)")
     parser.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="suffix rows per forward")
-    parser.add_argument("--threads", type=positive_int, help="torch CPU threads")
-    parser.add_argument("--no-progress", action="store_true")
+
+
+def ground_options_from(args: argparse.Namespace):
+    from pointcopy.pipeline.ground import GroundOptions
+
+    return GroundOptions(prompt=args.prompt, baseline=args.baseline, answer_prefix=args.answer_prefix,
+                         layers=args.layers, heads=args.heads, crop_ratios=args.crop_ratios, centre=args.centre,
+                         sharpness=args.sharpness, eps_scale=args.eps_scale, min_contrast=args.min_contrast,
+                         image_scale=args.image_scale, batch_size=args.batch_size)
 
 
 def run(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from pointcopy.pipeline.ground import GroundOptions, ground_file
+    from pointcopy.pipeline.ground import ground_file
 
-    options = GroundOptions(prompt=args.prompt, baseline=args.baseline, answer_prefix=args.answer_prefix,
-                            layers=args.layers, heads=args.heads, crop_ratios=args.crop_ratios, centre=args.centre,
-                            sharpness=args.sharpness, eps_scale=args.eps_scale, min_contrast=args.min_contrast,
-                            image_scale=args.image_scale, batch_size=args.batch_size)
+    options = ground_options_from(args)
     started = time.perf_counter()
     ground_file(args.model, args.records, args.out, options, limit=args.limit, threads=args.threads,
                 progress=not args.no_progress)

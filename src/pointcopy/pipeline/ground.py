@@ -671,7 +671,7 @@ def ground_records(grounder: Grounder, records: Sequence[GroundRecord | RecordEr
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     settings = dict(settings or {})
-    settings["options"] = grounder.options.to_dict()
+    settings["options"] = grounder.options.to_dict() if grounder.options is not None else None
     settings["layers"] = list(grounder.layers)
     run_file = out / RUN_FILE
     if run_file.exists():

@@ -48,9 +48,9 @@ import re
 from pointcopy.data.v1g import expand_regions
 
 from .questions import ATTR_ORDER, Filter, Question, Step
-from .scene import Scene, SceneObject
+from .scene import COLORS, SHAPES, SIZES, Scene, SceneObject
 
-__all__ = ["VARIANTS", "TRACE_FORMAT", "STEP_CALL", "ENUM_QUERY", "PLAN_PREFIX", "RELATION_PREFIX", "describe", "canonical_words", "object_key", "trace_text", "regions", "variants",
+__all__ = ["VARIANTS", "TRACE_FORMAT", "STEP_CALL", "ENUM_QUERY", "PLAN_PREFIX", "RELATION_PREFIX", "describe", "canonical_words", "object_key", "enum_call", "DESCRIPTION", "trace_text", "text_only", "regions", "variants",
            "strip_copies"]
 
 VARIANTS = ("copy", "coord", "nocopy")
@@ -75,6 +75,16 @@ def describe(o: SceneObject) -> str:
 
 def _call(query: str, ids: tuple[int, ...], name: str) -> str:
     return f'{name}(query="{query}", objects=[' + ", ".join(f'"{object_key(i)}"' for i in ids) + "])"
+
+
+def enum_call(obj_id: int) -> str:
+    """The call that opens object ``obj_id``'s line: ``detect(query="object", objects=["<obj3>"])``."""
+    return _call(ENUM_QUERY, (obj_id,), STEP_CALL)
+
+
+# ``describe``'s words: size colour material shape (what an object line opens with in a text-only trace)
+DESCRIPTION = re.compile(r"(?:%s) (?:%s) (?:%s) (?:%s)" % tuple(
+    "|".join(map(re.escape, words)) for words in (SIZES, COLORS, _MATERIAL_WORD.values(), SHAPES)))
 
 
 def canonical_words(f: Filter) -> str:
@@ -160,7 +170,7 @@ def trace_text(scene: Scene, q: Question) -> str:
     # comparison line below copies it from a few lines up instead of from the line under the plan, a late skill
     # some seeds missed (measurements: docs/embedded-world.md#relation-line-and-its-carry).
     carry = f". {RELATION_PREFIX}{q.relation}" if q.family == "compare" else ""
-    lines += [f"{_call(ENUM_QUERY, (o.id,), STEP_CALL)} {describe(o)}: {marks[o.id]}{carry}" for o in scene.objects]
+    lines += [f"{enum_call(o.id)} {describe(o)}: {marks[o.id]}{carry}" for o in scene.objects]
     n = len(scene.objects)
     lines.append(f"There {'is 1 object' if n == 1 else f'are {n} objects'}.")
     if q.family == "subtraction":
@@ -202,6 +212,19 @@ def trace_text(scene: Scene, q: Question) -> str:
         raise ValueError(f"question {q.text!r}: trace derives {result!r} but the answer is {q.answer!r}")
     lines.append(f"Answer: {result}")
     return "\n".join(lines)
+
+
+def text_only(trace: str, scene: Scene) -> str:
+    """A :func:`trace_text` of ``scene`` with no grounding markup, as a text-only reasoner would write it: each
+    object line opens with its description instead of a ``detect`` call, and a later mention of an object (an
+    attribute question's step line) names it by its description. The v1g pipeline's shapes input
+    (``pipeline.decompose.ShapesDecomposer`` turns it back into the trace)."""
+    names = {object_key(o.id): describe(o) for o in scene.objects}
+    return _OBJ_KEY.sub(lambda m: names[m.group()], _ENUM_CALL.sub("", trace))
+
+
+_ENUM_CALL = re.compile(re.escape(enum_call(0)).replace("0", r"\d+") + " ")
+_OBJ_KEY = re.compile(r"<obj\d+>")
 
 
 def regions(scene: Scene) -> dict[str, list[int]]:

@@ -55,8 +55,9 @@ def _build_arguments(b: argparse.ArgumentParser) -> None:
     d.add_argument("--llm-base-url", help="e.g. http://127.0.0.1:8000/v1 (env POINTCOPY_LLM_BASE_URL, "
                                           "OPENAI_BASE_URL)")
     d.add_argument("--llm-model", help="model name at the endpoint (env POINTCOPY_LLM_MODEL)")
-    d.add_argument("--llm-api-key", help="bearer key (env POINTCOPY_LLM_API_KEY, OPENAI_API_KEY); prefer the "
-                                         "environment: flags show up in process lists")
+    d.add_argument("--llm-api-key", help="bearer key (env POINTCOPY_LLM_API_KEY; OPENAI_API_KEY only for "
+                                         "OPENAI_BASE_URL or api.openai.com); prefer the environment: flags show "
+                                         "up in process lists")
     d.add_argument("--llm-temperature", type=float, default=0.0)
     d.add_argument("--llm-max-tokens", type=positive_int, default=4096)
     d.add_argument("--llm-seed", type=int)

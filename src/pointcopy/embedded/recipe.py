@@ -230,13 +230,16 @@ def vision_init(root: str | Path, recipe: ShapesRecipe, seed: int, progress: boo
 
 
 def train_variant(root: str | Path, recipe: ShapesRecipe = ShapesRecipe(), variant: str = "copy",
-                  seed: int | None = None, progress: bool = True, out_dir: str | Path | None = None) -> Path:
-    """Train `shapes-tiny` on one variant; returns the final model directory (resumes an interrupted run)."""
+                  seed: int | None = None, progress: bool = True, out_dir: str | Path | None = None,
+                  data: str | Path | None = None) -> Path:
+    """Train `shapes-tiny` on one variant; returns the final model directory (resumes an interrupted run).
+    `data`: v1g records to train on instead of the train split's `{variant}.jsonl` (e.g. records built by
+    `pointcopy pipeline build` from the same scenes; the vision warm-up still uses the train split's scenes)."""
     from ..training.parallel import train_data_parallel
 
     seed = recipe.model_seed if seed is None else seed
     root = Path(root)
-    data = root / "data" / "train" / f"{variant}.jsonl"
+    data = Path(data) if data is not None else root / "data" / "train" / f"{variant}.jsonl"
     out = Path(out_dir) if out_dir else root / "runs" / f"{variant}-seed{seed}"
     if (out / "final" / "config.json").is_file():
         _check_same_training(out / "final", recipe)

@@ -326,3 +326,28 @@ def test_llm_timeout_is_retried_and_a_dead_endpoint_is_a_recorded_failure(tmp_pa
     report = build(BuildOptions(str(path), str(tmp_path / "dead"), grounder="ground-truth"), LLMDecomposer(dead),
                    **QUIET)
     assert report["records_out"] == 0 and report["decompose_failures"] == {"llm_connection": 1}
+
+
+# ---- the shipped hand-made example (examples/pipeline) -----------------------------------------------------------
+def test_handmade_chart_and_geometry_example_runs_as_its_readme_says(tmp_path):
+    """The real-looking chart/geometry records with their recorded LLM answers, served by the replay server and
+    built by the command: the records and drop rules examples/pipeline/README.md lists."""
+    from pointcopy.cli import main
+    from pointcopy.pipeline.replay import load_script
+
+    example = REPO / "examples" / "pipeline"
+    with ReplayServer(load_script(example / "llm_script.jsonl")) as server:
+        argv = ["pipeline", "build", "--input", str(example / "records.jsonl"), "--out", str(tmp_path / "o"),
+                "--decomposer", "llm", "--llm-base-url", server.base_url, "--llm-model", "replay",
+                "--llm-retries", "2", "--model", MODEL, "--threads", "1", "--no-progress"]
+        assert main(argv) == 0
+        assert len(server.requests) == 13
+        assert main(argv) == 0 and len(server.requests) == 13  # resumed in place: every record has its row
+    assert [r["id"] for r in _v1g(tmp_path / "o")] == ["chart-bar", "chart-line", "geo-triangle", "scene-shapes"]
+    dropped = [json.loads(x) for x in (tmp_path / "o" / "dropped.jsonl").read_text().splitlines()]
+    assert [(d["id"], d["reasons"][0]["rule"]) for d in dropped] == [
+        ("chart-pie", "too_few_objects"), ("geo-circle", "mismatch"), ("table-shop", "non_unique"),
+        ("chart-line-mean", "decompose_failed"), ("chart-histogram", "bad_input"), ("geo-triangle", "bad_input"),
+        ("geo-circle-angle", "bad_input")]
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["grounding"]["model_all"]["n"] == 18

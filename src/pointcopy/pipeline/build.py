@@ -413,6 +413,10 @@ def default_grounder_factory(opts: BuildOptions) -> Callable:
         from ..analysis.traces import load_model
         from .ground import GroundOptions, Grounder
 
+        if not opts.progress:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
         model, processor, _ = load_model(opts.model, threads=opts.threads, device=opts.device)
         return Grounder(model, processor, opts.ground or GroundOptions())
 

@@ -205,13 +205,26 @@ class LLMDecomposer:
         """(record, result) in completion order; several requests in flight (the client's ``concurrency``)."""
         from .llm import LLMError
 
-        requests = [self.messages(r) for r in records]
+        requests = _Lazy(records, self.messages)  # built as sent: a prompt is kilobytes, a corpus 1e5 records
         for i, result in self.client.complete_many(requests, validate=parse_answer, progress=progress):
             if isinstance(result, LLMError):
                 yield records[i], DecomposeError(f"llm_{result.kind}", f"{result.detail} ({result.attempts} "
                                                                         f"attempts)")
             else:
                 yield records[i], result.parsed
+
+
+class _Lazy:
+    """`f(x)` for each of `items`, computed when iterated; has a length (for progress)."""
+
+    def __init__(self, items: Sequence, f):
+        self.items, self.f = items, f
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self):
+        return (self.f(x) for x in self.items)
 
 
 # ---------------------------------------------------------------------------------------------------- shapes

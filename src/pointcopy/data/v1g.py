@@ -63,6 +63,7 @@ __all__ = [
     "clamp_regions",
     "image_header_size",
     "iter_v1g",
+    "check_row",
     "read_v1g",
     "write_v1g",
     "default_slot_map",
@@ -437,23 +438,38 @@ def iter_v1g(
     ``record.clamped``) instead of rejecting them; boxes further out are bad rows either way.
     """
     for index, (row, base_dir) in enumerate(_rows(source)):
-        if isinstance(row, Mapping) and "__error__" in row:
-            yield BadRecord(index, None, "<row>", row["__error__"])
-            continue
-        try:
-            rec = record_from_row(row, base_dir=base_dir, index=index)
-            if clamp_boxes:
-                _, far = clamp_regions(rec)
-                if far:
-                    raise far[0]
-            if validate:
-                validate_record(
-                    rec, check_image=check_image, check_trace=check_trace, require_object_regions=require_object_regions
-                )
-        except V1GError as e:
-            yield BadRecord(index, e.record_id, e.field, e.reason)
-            continue
-        yield rec
+        yield check_row(row, base_dir, index, validate=validate, check_image=check_image, check_trace=check_trace,
+                        require_object_regions=require_object_regions, clamp_boxes=clamp_boxes)
+
+
+def check_row(
+    row: Any,
+    base_dir: Path | None,
+    index: int,
+    *,
+    validate: bool = True,
+    check_image: bool = False,
+    check_trace: bool = True,
+    require_object_regions: bool = True,
+    clamp_boxes: bool = True,
+) -> V1GRecord | BadRecord:
+    """One row -> its record (boxes clamped, validated) or a :class:`BadRecord`: what :func:`iter_v1g` does per
+    row, also used by indexes that read a row again later (``data.index``)."""
+    if isinstance(row, Mapping) and "__error__" in row:
+        return BadRecord(index, None, "<row>", row["__error__"])
+    try:
+        rec = record_from_row(row, base_dir=base_dir, index=index)
+        if clamp_boxes:
+            _, far = clamp_regions(rec)
+            if far:
+                raise far[0]
+        if validate:
+            validate_record(
+                rec, check_image=check_image, check_trace=check_trace, require_object_regions=require_object_regions
+            )
+    except V1GError as e:
+        return BadRecord(index, e.record_id, e.field, e.reason)
+    return rec
 
 
 def read_v1g(source: Any, *, strict: bool = False, **kwargs: Any) -> ReadResult:

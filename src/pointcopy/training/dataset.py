@@ -22,23 +22,29 @@ of dying at the same record. Only if no record at all can be prepared does ``dat
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 from torch.utils.data import Dataset
 
-from ..data.v1g import BadRecord, V1GError, iter_v1g
+from ..data.v1g import V1GError
 
 logger = logging.getLogger(__name__)
 
 
 class V1GDataset(Dataset):
-    """Records from one or more v1g sources (JSONL/JSON/parquet). Items are `V1GRecord`s, or with `prepare` the
-    prepared samples (`prepare(record)`, e.g. `GroundedCollator.prepare`); images are loaded per item, so memory
-    stays flat for large data.
+    """Records from one or more v1g sources (JSONL/JSON/parquet files or folders, or in-memory rows). Items are
+    `V1GRecord`s, or with `prepare` the prepared samples (`prepare(record)`, e.g. `GroundedCollator.prepare`).
+
+    Memory stays flat in the data: each file source is a `data.index.RecordIndex` (where each valid row is, built
+    once and cached beside the data), and a record -- its image bytes or path included -- is read from disk when
+    it is served, in the DataLoader worker that asks for it. In-memory sources (a `datasets.Dataset`, a list of
+    rows) are kept as given.
 
     Args:
         sources: v1g files / directories / iterables.
@@ -48,23 +54,20 @@ class V1GDataset(Dataset):
             only append what they skip while training).
         keep_train_log: keep the ``stage="train"`` entries an earlier session of this run wrote to ``bad_log``
             (when resuming), so nothing already logged is lost and nothing is logged twice.
-        **validation: passed to ``data.v1g.iter_v1g`` (``check_image``, ``require_object_regions``, ...).
+        index_cache: keep each file's index in its cache (``data.index.index_cache_path``); False rebuilds it.
+        **validation: passed to ``data.v1g.check_row`` (``check_image``, ``require_object_regions``, ...).
     """
 
     def __init__(self, sources: list[str | Path], bad_log: str | Path | None = None,
                  prepare: Callable[[Any], Any] | None = None, *, write_log: bool = True,
-                 keep_train_log: bool = False, **validation):
-        self.records, self.origins = [], []
-        bad, clamped = [], []
-        for source in sources:
-            for index, item in enumerate(iter_v1g(source, **validation)):
-                if isinstance(item, BadRecord):
-                    bad.append({"source": str(source), **vars(item), "stage": "load", "action": "skipped"})
-                    continue
-                self.records.append(item)
-                self.origins.append((str(source), index))
-                clamped += [{"source": str(source), "index": index, "id": item.id, "field": "regions",
-                             "reason": note, "stage": "load", "action": "clamped"} for note in item.clamped]
+                 keep_train_log: bool = False, index_cache: bool = True, **validation):
+        from ..data.index import RecordIndex
+
+        self.indexes = [RecordIndex.build(s, cache=index_cache, **validation) if isinstance(s, (str, Path))
+                        else RecordIndex.in_memory(s, **validation) for s in sources]
+        self._starts = np.cumsum([0] + [len(ix) for ix in self.indexes])
+        bad = [{**e, "stage": "load", "action": "skipped"} for ix in self.indexes for e in ix.bad]
+        clamped = [{**e, "stage": "load", "action": "clamped"} for ix in self.indexes for e in ix.clamped]
         self.bad, self.clamped = bad, clamped
         self.prepare = prepare
         self.bad_log = Path(bad_log) if bad_log is not None else None
@@ -83,7 +86,7 @@ class V1GDataset(Dataset):
         if bad:
             logger.warning("skipped %d bad record(s) when loading%s", len(bad),
                            f"; listed in {self.bad_log}" if self.bad_log else "")
-        if not self.records:
+        if not len(self):
             raise ValueError(f"no valid records in {[str(s) for s in sources]} ({len(bad)} bad)")
 
     @property
@@ -92,44 +95,73 @@ class V1GDataset(Dataset):
 
     @property
     def lengths(self) -> list[int]:
-        """A length per record for length-grouped batching: its ``num_tokens`` when the data has it, else the
-        characters of its turns plus one per region box (a proxy: only the order matters)."""
-        return [r.num_tokens if r.num_tokens else sum(len(t["value"]) for t in r.conversations) + len(r.regions)
-                for r in self.records]
+        """A length per record for length-grouped batching (``data.index``: ``num_tokens`` or a proxy), from the
+        index: no record is read."""
+        return [int(v) for ix in self.indexes for v in ix.lengths]
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 (16 hex digits) over the records served, in order: a single source's is its index's (the same
+        value earlier versions computed by reading every record); several sources' combine theirs."""
+        if len(self.indexes) == 1:
+            return self.indexes[0].fingerprint
+        return hashlib.sha256(" ".join(ix.fingerprint for ix in self.indexes).encode()).hexdigest()[:16]
+
+    def _locate(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(f"record {index} out of range ({len(self)} records)")
+        k = int(np.searchsorted(self._starts, index, side="right")) - 1
+        return self.indexes[k], index - int(self._starts[k])
+
+    def record(self, index: int):
+        """Record ``index`` (a `V1GRecord`), read from its source now."""
+        ix, i = self._locate(index)
+        return ix.record(i)
+
+    def origin(self, index: int) -> tuple[str, int]:
+        """(source, row in that source) of record ``index``."""
+        ix, i = self._locate(index)
+        return str(ix.source), int(ix.positions[i])
 
     def __len__(self) -> int:
-        return len(self.records)
+        return int(self._starts[-1])
 
     def __getitem__(self, index: int):
         if self.prepare is None:
-            return self.records[index]
-        n = len(self.records)
+            return self.record(index)
+        n = len(self)
         for step in range(n):
             j = (index + step) % n
             if j in self._failed:
                 continue
             try:
-                item = self.prepare(self.records[j])
+                item = self.prepare(self.record(j))
             except (V1GError, OSError) as e:
                 self._skip(j, e)
                 continue
             if step:
-                logger.warning("record #%d (id %r) is unusable; serving record #%d (id %r) in its place",
-                               index, self.records[index].id, j, self.records[j].id)
+                logger.warning("record #%d (%s row %d) is unusable; serving record #%d (%s row %d) in its place",
+                               index, *self.origin(index), j, *self.origin(j))
             return item
         raise RuntimeError(f"no usable record left: all {n} records failed when prepared"
                            + (f" (see {self.bad_log})" if self.bad_log else ""))
 
     def _skip(self, j: int, error: Exception) -> None:
         self._failed.add(j)
-        source, row = self.origins[j]
+        source, row = self.origin(j)
         field = getattr(error, "field", "image")
         reason = getattr(error, "reason", None) or f"{type(error).__name__}: {error}"
-        logger.warning("skipping record %r (%s row %d): field %r: %s", self.records[j].id, source, row, field, reason)
+        rid = getattr(error, "record_id", None)
+        if rid is None:
+            try:
+                rid = self.record(j).id
+            except (V1GError, OSError, ValueError):
+                rid = None
+        logger.warning("skipping record %r (%s row %d): field %r: %s", rid, source, row, field, reason)
         if (source, row) in self._logged:
             return
         self._logged.add((source, row))
-        entry = {"source": source, "index": row, "id": self.records[j].id, "field": field, "reason": reason,
+        entry = {"source": source, "index": row, "id": rid, "field": field, "reason": reason,
                  "stage": "train", "action": "skipped"}
         self.train_bad.append(entry)
         if self.bad_log is not None:

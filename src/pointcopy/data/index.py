@@ -95,7 +95,7 @@ class RecordIndex:
         self.locations, self.positions, self.lengths = locations, positions, lengths
         self.bad, self.clamped, self.fingerprint, self.validation = bad, clamped, fingerprint, validation
         self._records = records  # JSON lists only
-        self.cache_row_groups = 4
+        self.cache_row_groups = 2
         self._open: dict = {}
         self._groups: OrderedDict = OrderedDict()
         self._pid = os.getpid()
@@ -243,10 +243,16 @@ class RecordIndex:
         key = (f_no, group)
         table = self._groups.get(key)
         if table is None:
-            table = self._handle(f_no).read_row_group(group)
+            table = self._handle(f_no).read_row_group(group, use_threads=False)
             self._groups[key] = table
-            while len(self._groups) > self.cache_row_groups:
-                self._groups.popitem(last=False)
+            if len(self._groups) > self.cache_row_groups:
+                while len(self._groups) > self.cache_row_groups:
+                    self._groups.popitem(last=False)
+                # Arrow's allocator keeps freed row groups for reuse; hand them back, or a worker's RSS creeps
+                # up to many row groups' worth of image bytes.
+                import pyarrow as pa
+
+                pa.default_memory_pool().release_unused()
         else:
             self._groups.move_to_end(key)
         return table.slice(at, 1).to_pylist()[0]

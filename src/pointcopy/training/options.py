@@ -84,9 +84,15 @@ class TrainOptions(TrainHyperparameters):
     train_data: list[str]
     output_dir: str
     eval_data: list[str] = field(default_factory=list)
+    # DataLoader worker processes that read, decode and resize images and tokenise (collate.prepare), ahead of the
+    # step. None: 0 without CUDA (on a CPU the training's own threads use the cores), else min(8, CPU cores per
+    # GPU process - 1). benchmarks/data_loader.py prints the loader's samples/s next to the trainer's.
+    num_workers: int | None = None
 
     def __post_init__(self):
         super().__post_init__()
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ValueError(f"num_workers (--num-workers) must be >= 0, got {self.num_workers}")
         if not self.train_data:
             raise ValueError("train_data (--train-data) names no file")
         if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():

@@ -188,6 +188,16 @@ def weights_digest(model) -> str:
     return h.hexdigest()
 
 
+def loader_workers(requested: int | None) -> int:
+    """DataLoader workers: the request, or (None) 0 without CUDA and min(8, cores per GPU process - 1) with it."""
+    if requested is not None:
+        return requested
+    if not torch.cuda.is_available():
+        return 0
+    per_process = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(8, per_process - 1))
+
+
 def _apply_lora(model, options: TrainOptions):
     from peft import LoraConfig, get_peft_model
 
@@ -259,7 +269,8 @@ def train(options: TrainOptions) -> dict:
         eval_steps=options.eval_steps, bf16=use_bf16, activation_checkpointing=options.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if options.gradient_checkpointing else None,
         train_sampling_strategy="group_by_length" if options.group_by_length else "random",
-        remove_unused_columns=False, report_to=[], dataloader_num_workers=0, disable_tqdm=not options.progress,
+        remove_unused_columns=False, report_to=[], dataloader_num_workers=loader_workers(options.num_workers),
+        disable_tqdm=not options.progress,
         # gloo only when actually distributed (accelerate launch sets WORLD_SIZE); CPU has no NCCL
         ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() else None,
         ddp_find_unused_parameters=options.ddp_find_unused_parameters,

@@ -88,6 +88,10 @@ class TrainOptions(TrainHyperparameters):
     # step. None: 0 without CUDA (on a CPU the training's own threads use the cores), else min(8, CPU cores per
     # GPU process - 1). benchmarks/data_loader.py prints the loader's samples/s next to the trainer's.
     num_workers: int | None = None
+    # Fully sharded data parallel through the Trainer's FSDP plugin (accelerate; PyTorch's `fully_shard` with
+    # fsdp_config {"version": 2}): e.g. "full_shard auto_wrap"; None = plain data parallel. See docs/training.md.
+    fsdp: str | None = None
+    fsdp_config: dict = field(default_factory=dict)
 
     def __post_init__(self):
         super().__post_init__()

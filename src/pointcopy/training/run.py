@@ -180,9 +180,9 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def weights_digest(model) -> str:
+def weights_digest(model, state: dict | None = None) -> str:
     h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted((state if state is not None else model.state_dict()).items()):
         h.update(name.encode())
         h.update(tensor.detach().to(torch.float32).cpu().numpy().tobytes())
     return h.hexdigest()
@@ -233,6 +233,11 @@ def train(options: TrainOptions) -> dict:
                 p.requires_grad_(False)
     if options.lora:
         model = _apply_lora(model, options)
+    from .sharding import shard_model, wants_own_fsdp
+
+    own_fsdp = wants_own_fsdp(options.fsdp)
+    if own_fsdp:  # CPU ranks: accelerate's FSDP plugin would not engage (training/sharding.py)
+        shard_model(model)
     collator = GroundedCollator(processor, label_policy=options.label_policy,
                                 region_key_mode=options.region_key_mode, max_side=options.max_side,
                                 region_occurrences=options.region_occurrences, box_text=options.box_text,
@@ -275,6 +280,8 @@ def train(options: TrainOptions) -> dict:
         ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() else None,
         ddp_find_unused_parameters=options.ddp_find_unused_parameters,
         use_cpu=not torch.cuda.is_available(),
+        **({"fsdp": options.fsdp, "fsdp_config": dict(options.fsdp_config)} if options.fsdp and not own_fsdp
+           else {}),
     )
     trainer = PointCopyTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                                data_collator=collator, vision_lr_scale=options.vision_lr_scale,
@@ -288,19 +295,31 @@ def train(options: TrainOptions) -> dict:
     seconds = time.perf_counter() - t0
     rank = trainer.args.process_index
     final = trainer.model
-    if options.weights_digest:
-        (out / f"weights_digest_rank{rank}.txt").write_text(weights_digest(final) + "\n")
+    full = None
+    if own_fsdp:  # gather the shards (every rank takes part); rank 0 writes
+        from .sharding import full_state_dict
+
+        full = full_state_dict(final)
+    if options.weights_digest and (full is None or rank == 0):
+        (out / f"weights_digest_rank{rank}.txt").write_text(weights_digest(final, full) + "\n")
     summary = {"global_step": trainer.state.global_step, "train_loss": result.training_loss,
                "train_seconds_this_session": round(seconds, 2), "resumed_from": resume_from,
                "skipped_checkpoints": [{"path": p, "reason": r} for p, r in skipped_checkpoints],
                "resume_changes": [{"option": k, "old": a, "new": b} for k, a, b in resume_changes],
                "bad_records": len(train_set.bad), "bad_records_in_training": len(train_set.train_bad),
                "clamped_boxes": train_set.clamped_boxes, "log_history": trainer.state.log_history,
+               "fsdp": ("fully_shard (pointcopy, CPU ranks)" if own_fsdp else
+                        "accelerate FSDP plugin" if trainer.is_fsdp_enabled else None),
                "options": asdict(options)}
     if trainer.is_world_process_zero():
         final_dir = out / "final"
+        if full is not None and options.lora and options.merge_lora:  # merging needs the weights in one piece
+            final = _apply_lora(load_model_and_processor(options.model, seed=options.seed,
+                                                         **options.model_overrides)[0], options)
+            final.load_state_dict(full)
+            full = None
         to_save = final.merge_and_unload() if options.lora and options.merge_lora else final
-        to_save.save_pretrained(final_dir)
+        to_save.save_pretrained(final_dir, **({"state_dict": full} if full is not None else {}))
         processor.save_pretrained(final_dir)
         write_atomic(out / "train_summary.json", json.dumps(summary, indent=1, default=str))
     return summary
@@ -327,6 +346,10 @@ def _CrashAfterSave(step: int):
     class CrashAfterSave(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
             if state.global_step >= step:
+                import torch.distributed as dist
+
+                if dist.is_available() and dist.is_initialized():  # every rank's part of the checkpoint is written
+                    dist.barrier()
                 os._exit(137)
 
     return CrashAfterSave()

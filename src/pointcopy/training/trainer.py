@@ -18,6 +18,7 @@ needs no vocabulary or pointer logits.
 from __future__ import annotations
 
 import math
+import os
 from collections import defaultdict
 
 import torch
@@ -57,6 +58,13 @@ class PointCopyTrainer(Trainer):
         self.supervised_logits_only = supervised_logits_only
         self._sums: dict[str, float] = defaultdict(float)
         self._counts: dict[str, int] = defaultdict(int)
+        # A step's loss is the mean over every supervised token of its global batch (all ranks, all accumulated
+        # micro-batches), as one process computes it: each micro-batch's loss is weighted by its share of those
+        # tokens (`compute_loss`), the Trainer counts them across ranks (`_get_num_items_in_batch`), skips its
+        # division by the accumulation steps and multiplies by the number of ranks, which the gradient average
+        # divides out again. Averaging per-rank means instead weights short rows more when ranks' token counts
+        # differ (and accumulated micro-batches likewise), so N ranks would not train as one process does.
+        self.model_accepts_loss_kwargs = True
 
     def _run_epoch(self, *args, **kwargs):
         # Resuming from a checkpoint already at max_steps (mid-epoch) made the Trainer (transformers 5.24) run one
@@ -68,12 +76,31 @@ class PointCopyTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.length_chunks > 1 and model.training and not return_outputs:
-            return self._chunked_loss(model, inputs)
+            return self._chunked_loss(model, inputs) * self._token_share(inputs, num_items_in_batch)
         trim = self.supervised_logits_only and model.training and not return_outputs
         outputs = model(**inputs, **_supervised_logits(inputs, trim))
         if model.training:
             self._record({name: getattr(outputs, name, None) for name in _DIAGNOSTICS})
-        return (outputs.loss, outputs) if return_outputs else outputs.loss
+        loss = outputs.loss * self._token_share(inputs, num_items_in_batch) if model.training else outputs.loss
+        return (loss, outputs) if return_outputs else loss
+
+    @staticmethod
+    def _token_share(inputs: dict, num_items_in_batch) -> float:
+        """This micro-batch's supervised tokens / the global batch's (1.0 for one process without accumulation)."""
+        if num_items_in_batch is None or "labels" not in inputs:
+            return 1.0
+        total = int(num_items_in_batch)
+        return supervised_tokens(inputs["labels"]) / total if total else 1.0
+
+    def _get_num_items_in_batch(self, batch_samples: list, device):
+        """Supervised tokens (the positions our loss averages over, `chunks.supervised_tokens`) of the global
+        batch: these micro-batches on every rank."""
+        if not batch_samples or "labels" not in batch_samples[0]:
+            return None
+        count = torch.tensor(sum(supervised_tokens(b["labels"]) for b in batch_samples), device=device)
+        if self.args.world_size > 1:
+            count = self.accelerator.gather(count).sum()
+        return count
 
     def _chunked_loss(self, model, inputs) -> torch.Tensor:
         """The batch's loss as the supervised-token-weighted sum of its length chunks' losses (equal to the
@@ -126,6 +153,54 @@ class PointCopyTrainer(Trainer):
             return RankBalancedSampler(dataset.lengths, self.args.per_device_train_batch_size,
                                        self.args.world_size, seed=seed)
         return super()._get_train_sampler(train_dataset)
+
+    # ---- sharded (training/sharding.py): checkpoints hold full tensors, written by rank 0 -------------------------
+    def save_model(self, output_dir=None, _internal_call=False):
+        from .sharding import full_state_dict, is_sharded
+
+        if not is_sharded(self.model):
+            return super().save_model(output_dir, _internal_call)
+        state = full_state_dict(self.model)  # a collective: every rank calls it, rank 0 gets the tensors
+        if self.args.should_save:
+            self._save(output_dir or self.args.output_dir, state_dict=state)
+
+    def _save_optimizer_and_scheduler(self, output_dir):
+        from .sharding import full_optimizer_state, is_sharded
+
+        if not is_sharded(self.model):
+            return super()._save_optimizer_and_scheduler(output_dir)
+        state = full_optimizer_state(self.model, self.optimizer)
+        if self.args.should_save:
+            torch.save(state, os.path.join(output_dir, "optimizer.pt"))
+            torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, "scheduler.pt"))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        from .sharding import is_sharded, load_full_state_dict
+
+        if not is_sharded(self.model):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        from safetensors.torch import load_file
+
+        full = os.path.join(resume_from_checkpoint, "model.safetensors")
+        if os.path.isfile(full):
+            load_full_state_dict(self.model, load_file(full))
+            return
+        # a LoRA checkpoint: the adapter's tensors under peft's saved names (no adapter name in them)
+        saved = load_file(os.path.join(resume_from_checkpoint, "adapter_model.safetensors"))
+        names = {k.replace(".default", "").replace(".modules_to_save", ""): k for k in self.model.state_dict()}
+        missing = sorted(k for k in saved if k not in names)
+        if missing:
+            raise ValueError(f"{resume_from_checkpoint}: adapter tensors with no parameter here: {missing[:3]}")
+        load_full_state_dict(self.model, {names[k]: v for k, v in saved.items()}, strict=False)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        from .sharding import is_sharded, load_full_optimizer_state
+
+        if checkpoint is None or not is_sharded(self.model):
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        load_full_optimizer_state(self.model, self.optimizer,
+                                  torch.load(os.path.join(checkpoint, "optimizer.pt"), weights_only=True))
+        self.lr_scheduler.load_state_dict(torch.load(os.path.join(checkpoint, "scheduler.pt"), weights_only=True))
 
     def create_optimizer(self, model=None):
         if self.optimizer is not None:

@@ -322,6 +322,10 @@ def train(options: TrainOptions) -> dict:
         to_save.save_pretrained(final_dir, **({"state_dict": full} if full is not None else {}))
         processor.save_pretrained(final_dir)
         write_atomic(out / "train_summary.json", json.dumps(summary, indent=1, default=str))
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():  # leave together: no rank tears gloo down mid-save
+        dist.barrier()
     return summary
 
 

@@ -228,7 +228,9 @@ class RecordIndex:
             if self.kind == "parquet":
                 import pyarrow.parquet as pq
 
-                self._open[f_no] = pq.ParquetFile(f)
+                # buffered reads, a page range at a time: with the default pre-buffering a row group's whole image
+                # column is held twice while it is decoded, which more than doubles a worker's peak memory
+                self._open[f_no] = pq.ParquetFile(f, pre_buffer=False, buffer_size=1 << 20)
             else:
                 self._open[f_no] = f.open("rb")
         return self._open[f_no]

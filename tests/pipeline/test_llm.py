@@ -1,4 +1,4 @@
-"""The LLM step's chat client (pointcopy.pipeline.llm) against a real ReplayServer on 127.0.0.1: parsing, repair
+"""The LLM step's chat client (pointcopy.llm) against a real ReplayServer on 127.0.0.1: parsing, repair
 turns, retries with backoff (a recorded, not real, sleep), timeouts, fatal statuses, the on-disk cache,
 concurrency and error isolation in complete_many, and configuration from the environment."""
 
@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from pointcopy.pipeline.llm import (REPAIR_PROMPT, ChatClient, Completion, LLMError, LLMSettings, cache_key,
+from pointcopy.llm import (REPAIR_PROMPT, ChatClient, Completion, LLMError, LLMSettings, cache_key,
                                     json_object)
 from pointcopy.pipeline.replay import ReplayServer, load_script
 

@@ -23,7 +23,7 @@ from pointcopy.pipeline.decompose import (Decomposition, LLMDecomposer, ShapesDe
                                           parse_answer)
 from pointcopy.pipeline.filter import FilterOptions, check_boxes, check_decomposition
 from pointcopy.pipeline.inputs import InputError, read_inputs, shapes_inputs, write_inputs
-from pointcopy.pipeline.llm import LLMSettings
+from pointcopy.llm import LLMSettings
 from pointcopy.pipeline.replay import ReplayServer
 
 REPO = Path(__file__).resolve().parents[2]

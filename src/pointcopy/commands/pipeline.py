@@ -97,7 +97,7 @@ def _decomposer(args):
 
     if args.decomposer == "shapes":
         return ShapesDecomposer()
-    from pointcopy.pipeline.llm import LLMSettings
+    from pointcopy.llm import LLMSettings
 
     settings = LLMSettings.from_env(args.llm_base_url, args.llm_model, args.llm_api_key,
                                     temperature=args.llm_temperature, max_tokens=args.llm_max_tokens,

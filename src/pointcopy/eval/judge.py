@@ -14,7 +14,8 @@ POINTCOPY_JUDGE_ALLOW_HTTP=1.
 
 Every call is cached under `cache_dir/<sha256>.json`, keyed by (model, messages, temperature, attempt), so
 re-scoring a run costs nothing and gives the same answers; the file also records the prompt hash and model so a
-report can say exactly which judge produced a score. Stdlib `urllib` only.
+report can say exactly which judge produced a score. Requests go through `pointcopy.llm.ChatClient` (retries,
+backoff, no redirects), standard library only.
 """
 
 from __future__ import annotations
@@ -23,13 +24,11 @@ import hashlib
 import json
 import os
 import tempfile
-import time
-import ipaddress
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from pointcopy.llm import is_loopback
 
 
 class JudgeError(RuntimeError):
@@ -64,17 +63,6 @@ class JudgeConfig:
 OPENAI_HOST = "api.openai.com"
 
 
-def is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_endpoint(base_url: str, allow_http: bool = False) -> None:
     """Refuse a base URL that is not http(s), or plain http to a host other than this machine (unless allowed)."""
     parts = urllib.parse.urlsplit(base_url)
@@ -92,17 +80,6 @@ def prompt_hash(model: str, messages: list[dict], temperature: float, attempt: i
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """urllib would follow a redirect with the Authorization header to wherever it points (another host, plain
-    http); the judge never follows one: the 30x surfaces as an HTTP error naming the status."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None
-
-
-_OPENER = urllib.request.build_opener(_NoRedirect)
-
-
 class ChatJudge:
     """`ask(prompt)` -> reply text, from the cache when possible, else one HTTP call (with retries on errors)."""
 
@@ -113,6 +90,13 @@ class ChatJudge:
         if self.cache_dir:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.retries, self.backoff_s = retries, backoff_s
+        from pointcopy.llm import ChatClient, LLMSettings
+
+        # transport only (retries, backoff, no redirects): the judge keeps its own cache, keyed with `attempt`
+        self._client = ChatClient(LLMSettings(config.base_url, config.model, config.api_key,
+                                              temperature=config.temperature, max_tokens=config.max_tokens,
+                                              json_mode=False, timeout=config.timeout_s, max_retries=retries,
+                                              backoff=backoff_s, concurrency=1))
         self.calls = 0  # HTTP requests actually sent
         self.cache_hits = 0
 
@@ -136,28 +120,13 @@ class ChatJudge:
         return reply
 
     def _post(self, messages: list[dict]) -> str:
-        body = json.dumps({"model": self.config.model, "messages": messages,
-                           "temperature": self.config.temperature, "max_tokens": self.config.max_tokens}).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.config.api_key:
-            headers["Authorization"] = f"Bearer {self.config.api_key}"
-        url = self.config.base_url + "/chat/completions"
-        last: Exception | None = None
-        for i in range(self.retries + 1):
-            try:
-                req = urllib.request.Request(url, data=body, headers=headers, method="POST")
-                with _OPENER.open(req, timeout=self.config.timeout_s) as resp:
-                    payload = json.loads(resp.read().decode("utf-8"))
-                self.calls += 1
-                content = payload["choices"][0]["message"]["content"]
-                if not isinstance(content, str):
-                    raise JudgeError(f"judge reply has no text content: {str(payload)[:200]}")
-                return content
-            except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError, KeyError,
-                    IndexError) as exc:
-                last = exc
-                if isinstance(exc, urllib.error.HTTPError) and exc.code < 500 and exc.code != 429:
-                    break  # client errors (bad key, bad model) will not heal by retrying
-                if i < self.retries:
-                    time.sleep(self.backoff_s * (2 ** i))
-        raise JudgeError(f"judge request to {url} failed: {last}")
+        from pointcopy.llm import LLMError
+
+        try:
+            completion = self._client.complete(messages)
+        except LLMError as exc:
+            self.calls += exc.attempts
+            raise JudgeError(f"judge request to {self.config.base_url}/chat/completions failed: {exc.detail}") \
+                from None
+        self.calls += completion.attempts
+        return completion.text

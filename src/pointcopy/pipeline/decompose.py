@@ -7,7 +7,7 @@ descriptions (what the grounder localises).
 
 Two decomposers, one interface (``decompose_many(records) -> (record, Decomposition | DecomposeError)``):
 
-* :class:`LLMDecomposer`: any OpenAI-compatible chat endpoint (``pipeline.llm.ChatClient``: retries, backoff,
+* :class:`LLMDecomposer`: any OpenAI-compatible chat endpoint (``pointcopy.llm.ChatClient``: retries, backoff,
   requests in flight, on-disk cache). The prompt is the paper's rules (``prompts/decompose.md``) followed by
   few-shot examples (``prompts/fewshot/general.jsonl``: a chart, a geometry figure, a counting scene), each a
   data file a user replaces per domain (``--fewshot``). The answer must be one JSON object (a Markdown code fence
@@ -177,7 +177,7 @@ class LLMDecomposer:
 
     def __init__(self, settings, examples: Sequence[Example] | None = None, cache_dir: str | Path | None = None,
                  system_prompt: str | None = None):
-        from .llm import ChatClient
+        from ..llm import ChatClient
 
         self.examples = list(examples) if examples is not None else load_examples()
         self.system = system_prompt if system_prompt is not None else \
@@ -203,7 +203,7 @@ class LLMDecomposer:
     def decompose_many(self, records: Sequence[SourceRecord], progress: bool = False
                        ) -> Iterator[tuple[SourceRecord, Decomposition | DecomposeError]]:
         """(record, result) in completion order; several requests in flight (the client's ``concurrency``)."""
-        from .llm import LLMError
+        from ..llm import LLMError
 
         requests = _Lazy(records, self.messages)  # built as sent: a prompt is kilobytes, a corpus 1e5 records
         for i, result in self.client.complete_many(requests, validate=parse_answer, progress=progress):

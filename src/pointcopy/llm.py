@@ -1,5 +1,5 @@
-"""Chat-completions client for the v1g construction pipeline's LLM step: any OpenAI-compatible endpoint (vLLM,
-Ollama, hosted APIs), standard library only.
+"""The one chat-completions client of the project (the v1g pipeline's decomposer, the MathVerse judge): any
+OpenAI-compatible endpoint (vLLM, Ollama, hosted APIs), standard library only.
 
     client = ChatClient(LLMSettings.from_env(), cache_dir="runs/v1g/llm-cache")
     c = client.complete([{"role": "user", "content": "..."}], validate=json_object)
@@ -176,7 +176,8 @@ def cache_key(messages: list[dict], model: str, sampling: dict) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-def _is_loopback(host: str | None) -> bool:
+def is_loopback(host: str | None) -> bool:
+    """True for localhost and loopback addresses (requests there bypass any proxy set in the environment)."""
     if not host:
         return False
     if host == "localhost":
@@ -241,7 +242,7 @@ class ChatClient:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.sleep = sleep
         handlers: list = [_NoRedirect()]
-        if _is_loopback(parts.hostname):
+        if is_loopback(parts.hostname):
             handlers.append(urllib.request.ProxyHandler({}))  # a local server is never behind the env's proxy
         self._opener = urllib.request.build_opener(*handlers)
         self._lock = threading.Lock()

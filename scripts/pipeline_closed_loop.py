@@ -10,7 +10,7 @@ useful training data?
 3. the embedded recipe trains on each (same items: those both arms kept; same steps, seeds and vision warm-up),
    optionally also on the same items' `nocopy` traces (no regions at all);
 4. held-out answer accuracy, pointer precision and region IoU of each, and the gap, go to
-   docs/results/pipeline-closed-loop.{json,md}.
+   docs/results/pipeline-closed-loop.json (the table: --report-only; the write-up: pipeline-closed-loop.md).
 Every stage resumes (data, pipeline, training, evaluation).
 """
 
@@ -42,6 +42,34 @@ def subset(src: Path, ids: list[str], dest: Path) -> Path:
     return dest
 
 
+ARMS = {"ground-truth": "true boxes (the scenes' own)", "attention": "pipeline: attention-contrast boxes",
+        "nocopy": "no regions at all (text-only trace)"}
+
+
+def markdown(r: dict) -> str:
+    """The results table (one row per arm and seed) and the gaps to the true-box arm."""
+    runs = r["runs"]
+    lines = ["| training data | seed | answer accuracy | pointer precision | pointer recall | region IoU | "
+             "attribute accuracy | object count accuracy |", "|---|---|---|---|---|---|---|---|"]
+    order = [a for a in ARMS if any(v["arm"] == a for v in runs.values())]
+    for arm in order:
+        for key, v in sorted(runs.items()):
+            if v["arm"] != arm:
+                continue
+            cells = [v["answer_accuracy"], v["pointer_precision"], v["pointer_recall"], v["region_iou"],
+                     v["attribute_accuracy"], v["object_count_accuracy"]]
+            lines.append(f"| {ARMS[arm]} | {v['seed']} | " + " | ".join(
+                "--" if c is None else f"{c:.3f}" for c in cells) + " |")
+    gt = {v["seed"]: v for v in runs.values() if v["arm"] == "ground-truth"}
+    gaps = []
+    for v in runs.values():
+        if v["arm"] != "ground-truth" and v["seed"] in gt:
+            gaps.append(f"* {ARMS[v['arm']]}, seed {v['seed']}: answer accuracy "
+                        f"{100 * (v['answer_accuracy'] - gt[v['seed']]['answer_accuracy']):+.1f} points against "
+                        f"true boxes")
+    return "\n".join(lines) + "\n\n" + "\n".join(gaps) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", default="runs/closed-loop")
@@ -50,7 +78,12 @@ def main(argv=None) -> int:
     ap.add_argument("--arms", default="attention,ground-truth", help="also: nocopy")
     ap.add_argument("--model", default="src/pointcopy/embedded/assets/shapes-tiny", help="the grounding model")
     ap.add_argument("--results", default="docs/results/pipeline-closed-loop")
+    ap.add_argument("--report-only", action="store_true", help="print the results table of the .json")
     args = ap.parse_args(argv)
+    out = REPO / args.results
+    if args.report_only:
+        print(markdown(json.loads(out.with_suffix(".json").read_text())), end="")
+        return 0
 
     sys.path.insert(0, str(REPO / "src"))
     from pointcopy.embedded.recipe import ShapesRecipe, build_data, evaluate_model, train_variant
@@ -91,8 +124,8 @@ def main(argv=None) -> int:
             m = json.loads(metrics_file.read_text())
             results["runs"][f"{arm}-seed{seed}"] = {"arm": arm, "seed": seed, **{k: m.get(k) for k in METRICS}}
             print(arm, seed, {k: m.get(k) for k in METRICS}, flush=True)
-    out = REPO / args.results
     out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+    print(markdown(results), end="")
     print(f"wrote {out.with_suffix('.json')}")
     return 0
 

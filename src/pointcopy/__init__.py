@@ -15,6 +15,11 @@ _LAZY = {
 }
 
 
+from . import auto as _auto
+
+_auto.install()  # transformers' Auto classes learn pointcopy checkpoints once transformers is imported (auto.py)
+
+
 def __getattr__(name):
     if name in _LAZY:
         import importlib

@@ -255,6 +255,11 @@ def train_variant(root: str | Path, recipe: ShapesRecipe = ShapesRecipe(), varia
     # The recipe travels with the checkpoint: the demo draws its scenes the way this model was trained on.
     (final / RECIPE_FILE).write_text(json.dumps({"recipe": asdict(recipe), "variant": variant, "seed": seed},
                                                 indent=1))
+    from ..model import PointCopyConfig
+    from ..model.card import CARD, write_model_card
+
+    (final / CARD).unlink(missing_ok=True)  # written by save_pretrained before the recipe was beside it
+    write_model_card(final, PointCopyConfig.from_pretrained(final))
     return final
 
 

@@ -236,10 +236,12 @@ def load_pretrained(cls, path, *args, **kwargs):
     overrides = {k: kwargs.pop(k) for k in COPY_FIELDS if k in kwargs}
     if model_type == adapter.official_model_type:
         config = config_from_official(d, **overrides)
+        config.converted_from = f"official v1 checkpoint {path}"  # the model card says where it came from
         return _native_layout(target._from_pretrained_native(path, *args, config=config,
                                                              key_mapping=adapter.official_key_mapping, **kwargs))
     config = config_from_qwen(d, tokenizer_dir=path if Path(path).is_dir() else None,
                               config_class=adapter.config_class, **overrides)
+    config.base_model_name_or_path = str(path)  # the model card's base_model
     model = target._from_pretrained_native(path, *args, config=config, key_mapping=adapter.base_key_mapping, **kwargs)
     model.pointer.init_identity()  # the official training start: heads barely change the output
     return _native_layout(model)

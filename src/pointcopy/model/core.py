@@ -165,6 +165,15 @@ class PointCopyMixin:
     def _from_pretrained_native(cls, *args, **kwargs):
         return super().from_pretrained(*args, **kwargs)
 
+    def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs):
+        """transformers' save, plus a model card (README.md, `model/card.py`) unless the folder has one."""
+        result = super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
+        if is_main_process:
+            from .card import write_model_card
+
+            write_model_card(save_directory, self.config)
+        return result
+
     # ---- forward (signature kept explicit: generate inspects it) -----------------------------------------------
     def forward(
         self,

@@ -101,10 +101,15 @@ def run_demo(out_dir: str | Path = ".", seed: int | None = None, image_path: str
     image = processor.model_view(image)
 
     torch.set_num_threads(threads)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a weight-loading bar for a 5 MB model is noise to a demo user
     model = PointCopyForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
     gen = generate(model, processor, [question], [[image]], max_new_tokens=max_new_tokens)[0]
     answer = gen.grounded()  # located on the layout generate used (gen.slot_map), not a re-run processor
 
+    if not image_path:
+        echo(f"scene seed: {seed} (pointcopy demo --seed {seed} draws this scene again)")
     echo(f"question: {question}")
     echo("trace:\n  " + summarize_trace(gen.text).replace("\n", "\n  "))
     echo(f"{'object':<8} {'query':<24} {'cells':>5}  box (px)")

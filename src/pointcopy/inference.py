@@ -80,6 +80,24 @@ def prompt_text(processor, question: str, n_images: int, what: str = "question")
     return processor.apply_chat_template([{"role": "user", "content": content}])
 
 
+class RepeatedPointerStop:
+    """A stopping criterion for `generate(..., stopping_criteria=[...])`: stops a row whose last `run` tokens are
+    one and the same pointer. A region copies each cell once, so one pointer again and again is a runaway loop (a
+    model shown input unlike anything it was trained on does this), not an answer. `stopped` holds the rows it
+    stopped. Off unless passed: the official decoding has no such stop."""
+
+    def __init__(self, copy_token_start: int, run: int = 8):
+        self.start, self.run, self.stopped = copy_token_start, run, set()
+
+    def __call__(self, input_ids: torch.Tensor, scores=None, **kwargs) -> torch.Tensor:
+        if input_ids.shape[1] < self.run:
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        last = input_ids[:, -self.run:]
+        hit = (last == last[:, -1:]).all(1) & (last[:, -1] >= self.start)
+        self.stopped |= set(hit.nonzero().flatten().tolist())
+        return hit
+
+
 @torch.no_grad()
 def generate(model, processor, questions: list[str], images: list[list], max_new_tokens: int = 256,
              suffix: str = "", **generate_kwargs) -> list[Generation]:

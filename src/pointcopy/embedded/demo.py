@@ -66,7 +66,9 @@ def run_demo(out_dir: str | Path = ".", seed: int | None = None, image_path: str
     from ..data.shapes.scene import render
     from ..demo.render import overlay, page
     from ..images import open_rgb
-    from ..inference import generate
+    from transformers import StoppingCriteriaList
+
+    from ..inference import RepeatedPointerStop, generate
     from ..model import PointCopyForConditionalGeneration
     from ..model.convert import check_model_source
     from ..processing import PointCopyProcessor
@@ -96,6 +98,14 @@ def run_demo(out_dir: str | Path = ".", seed: int | None = None, image_path: str
         if question is None:
             question, expected = item.question.text, item.question.answer
     processor.check_user_text(question)
+    warnings = []
+    if image_path:  # the picture as the user gave it, before it is fitted to the vision tower
+        from .input_check import unlike_the_world
+
+        reasons = unlike_the_world(image, load_recipe(model_dir).scenes)
+        if reasons:
+            warnings.append("this image does not look like the shapes world this model was trained on ("
+                            + "; ".join(reasons) + "): the model knows nothing else, so its answer means nothing")
     # From here on the picture is the one the vision tower sees: a 10000 x 10000 upload costs what a 448 x 448
     # one does, and the overlay shows exactly the cells the model could copy.
     image = processor.model_view(image)
@@ -105,7 +115,12 @@ def run_demo(out_dir: str | Path = ".", seed: int | None = None, image_path: str
 
     hf_logging.disable_progress_bar()  # a weight-loading bar for a 5 MB model is noise to a demo user
     model = PointCopyForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
-    gen = generate(model, processor, [question], [[image]], max_new_tokens=max_new_tokens)[0]
+    runaway = RepeatedPointerStop(processor.copy_token_start)
+    gen = generate(model, processor, [question], [[image]], max_new_tokens=max_new_tokens,
+                   stopping_criteria=StoppingCriteriaList([runaway]))[0]
+    if runaway.stopped:
+        warnings.append(f"stopped: the model repeated one pointer {runaway.run} times in a row, a runaway loop "
+                        f"(typical of input unlike its training data)")
     answer = gen.grounded()  # located on the layout generate used (gen.slot_map), not a re-run processor
 
     if not image_path:
@@ -120,13 +135,17 @@ def run_demo(out_dir: str | Path = ".", seed: int | None = None, image_path: str
     verdict = ""
     if expected is not None:
         verdict = " (correct)" if (answer.answer or "").strip().lower() == expected.lower() else f" (expected {expected})"
-    echo(f"answer: {answer.answer}{verdict}" + ("" if gen.finished else "  [cut at max_new_tokens]"))
+    cut = "" if gen.finished or runaway.stopped else "  [cut at max_new_tokens]"
+    echo(f"answer: {answer.answer}{verdict}{cut}")
+    for w in warnings:
+        echo(f"warning: {w}")
 
     out_dir.mkdir(parents=True, exist_ok=True)
     picture = overlay(image, answer)
     png_path, html_path = out_dir / "demo_overlay.png", out_dir / "demo.html"
     picture.save(png_path)
     html_path.write_text(page(picture, question, answer, expected=expected,
-                              model_note=f"model: {model_dir} (pointcopy shapes-tiny)"), encoding="utf-8")
+                              model_note=f"model: {model_dir} (pointcopy shapes-tiny)"
+                              + "".join(f". Warning: {w}" for w in warnings)), encoding="utf-8")
     echo(f"wrote {html_path} and {png_path}")
     return DemoResult(question, expected, answer, html_path, png_path)

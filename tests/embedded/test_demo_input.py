@@ -58,3 +58,23 @@ def test_demo_on_its_own_scene_has_no_warning_and_prints_the_seed(tmp_path):
     lines = []
     run_demo(tmp_path / "out", seed=11, max_new_tokens=640, threads=1, echo=lines.append)
     assert lines[0].startswith("scene seed: 11 ") and not [x for x in lines if x.startswith("warning:")]
+
+
+def test_run_and_demo_speak_json_and_run_draws_its_regions(tmp_path, capsys):
+    """`pointcopy run --json --out` and `pointcopy demo --json`: one JSON object each, with the regions' boxes
+    in the original image's pixels, and run's page and overlay written."""
+    import json
+
+    from pointcopy.cli import main
+
+    scene = render(generate_scene(5, WORLD))
+    scene.save(tmp_path / "scene.png")
+    assert main(["run", "--model", "src/pointcopy/embedded/assets/shapes-tiny", "--image", str(tmp_path / "scene.png"),
+                 "--question", "How many red things are there?", "--max-new-tokens", "400", "--json",
+                 "--out", str(tmp_path / "run")]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["regions"] and all(0 <= b <= max(scene.size) for r in out["regions"] for b in r["box"])
+    assert (tmp_path / "run" / "answer.html").exists() and (tmp_path / "run" / "answer_overlay.png").exists()
+    assert main(["demo", "--json", "--seed", "4", "--out", str(tmp_path / "demo"), "--threads", "1"]) == 0
+    demo = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert demo["seed"] == 4 and demo["answer"] is not None and demo["warnings"] == []

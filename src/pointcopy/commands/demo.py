@@ -16,11 +16,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model directory (default: the shipped shapes-tiny checkpoint)")
     parser.add_argument("--max-new-tokens", type=positive_int, default=640)
     parser.add_argument("--threads", type=positive_int, default=2)
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text (for scripts)")
 
 
 def run(args: argparse.Namespace) -> int:
     from pointcopy.embedded.demo import run_demo
 
-    run_demo(args.out, seed=args.seed, image_path=args.image, question=args.question, model_dir=args.model,
-             max_new_tokens=args.max_new_tokens, threads=args.threads)
+    result = run_demo(args.out, seed=args.seed, image_path=args.image, question=args.question,
+                      model_dir=args.model, max_new_tokens=args.max_new_tokens, threads=args.threads,
+                      **({"echo": lambda *_: None} if args.json else {}))
+    if args.json:
+        import json
+
+        a = result.answer
+        print(json.dumps({"seed": result.seed, "question": result.question, "expected": result.expected,
+                          "answer": a.answer, "trace": result.trace, "warnings": result.warnings,
+                          "regions": [{"object": None if r.obj_id is None else f"<obj{r.obj_id}>",
+                                       "query": r.query, "cells": len(r.cells),
+                                       "box": None if r.box is None else [round(v, 1) for v in r.box]}
+                                      for r in a.objects],
+                          "html": str(result.html_path), "png": str(result.png_path)}))
     return 0

@@ -12,7 +12,7 @@ import argparse
 import random
 import time
 
-from .args import existing_file, positive_int
+from .args import existing_file, output_dir, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--official-prompt", action="store_true",
                         help="append the official 'long-chain reasoning' instruction to the question")
+    parser.add_argument("--out", type=output_dir, help="also write answer.html and answer_overlay.png here (the "
+                                                       "copied regions drawn on the image, as the demo does)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text (for scripts)")
 
 
 def _scene(seed: int):
@@ -67,16 +70,43 @@ def run(args: argparse.Namespace) -> int:
     else:
         image = _scene(args.seed)
     n_params = sum(p.numel() for p in model.parameters())
+    result = generate(model, processor, [args.question], [[image]], max_new_tokens=args.max_new_tokens,
+                      suffix=OFFICIAL_SUFFIX if args.official_prompt else "")[0]
+    answer = result.grounded()  # boxes in the original image's pixels
+    regions = [{"object": None if r.obj_id is None else f"<obj{r.obj_id}>", "query": r.query,
+                "cells": len(r.cells), "box": None if r.box is None else [round(v, 1) for v in r.box]}
+               for r in answer.objects]
+    written = []
+    if args.out:
+        from pointcopy.demo.render import overlay, page
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        picture = overlay(image, answer)
+        picture.save(args.out / "answer_overlay.png")
+        (args.out / "answer.html").write_text(page(picture, args.question, answer, title="pointcopy run",
+                                                   model_note=f"model: {what}"), encoding="utf-8")
+        written = [str(args.out / "answer.html"), str(args.out / "answer_overlay.png")]
+    seconds = time.perf_counter() - t0
+    if args.json:
+        import json
+
+        print(json.dumps({"model": args.model, "image": str(args.image) if args.image else None,
+                          "image_size": list(image.size), "question": args.question, "trace": result.text,
+                          "answer": answer.answer, "finished": result.finished, "regions": regions,
+                          "tokens": len(result.ids), "seconds": round(seconds, 2), "written": written}))
+        return 0
     print(f"model: {what} ({n_params / 1e6:.2f}M parameters, pointer ids from {model.config.copy_token_start})")
     print(f"image: {args.image or 'generated scene'} {image.size[0]}x{image.size[1]}")
     print(f"question: {args.question}")
-    result = generate(model, processor, [args.question], [[image]], max_new_tokens=args.max_new_tokens,
-                      suffix=OFFICIAL_SUFFIX if args.official_prompt else "")[0]
     print("trace:", result.text)
-    if result.cells:
-        print("copied cells (slot -> image, row, col):",
-              ", ".join(f"{c.slot}->({c.image},{c.row},{c.col})" for c in result.cells))
+    if regions:
+        print("copied regions (box in image pixels):")
+        for r in regions:
+            box = "" if r["box"] is None else "[" + ", ".join(f"{v:.0f}" for v in r["box"]) + "]"
+            print(f"  {r['object'] or '(no id)':8} {(r['query'] or '')[:28]:28} {r['cells']:>4} cells  {box}")
     else:
-        print("copied cells: none")
-    print(f"generated {len(result.ids)} tokens in {time.perf_counter() - t0:.1f}s")
+        print("copied regions: none")
+    if written:
+        print("wrote " + " and ".join(written))
+    print(f"generated {len(result.ids)} tokens in {seconds:.1f}s")
     return 0

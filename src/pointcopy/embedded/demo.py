@@ -43,6 +43,9 @@ class DemoResult:
     answer: object  # GroundedAnswer
     html_path: Path
     png_path: Path
+    seed: int | None = None  # the scene's (None for the user's own image)
+    warnings: list = None  # what the console and the page said about the input or the generation
+    trace: str = ""
 
 
 def summarize_trace(text: str) -> str:
@@ -148,4 +151,5 @@ def run_demo(out_dir: str | Path = ".", seed: int | None = None, image_path: str
                               model_note=f"model: {model_dir} (pointcopy shapes-tiny)"
                               + "".join(f". Warning: {w}" for w in warnings)), encoding="utf-8")
     echo(f"wrote {html_path} and {png_path}")
-    return DemoResult(question, expected, answer, html_path, png_path)
+    return DemoResult(question, expected, answer, html_path, png_path, None if image_path else seed, warnings,
+                      gen.text)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import platform
 import sys
+import time
 from pathlib import Path
 
 from pointcopy.commands.args import nonnegative_int, output_dir, positive_int
@@ -40,6 +41,8 @@ def add_arguments(p) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-score", action="store_true", help="generate only")
+    p.add_argument("--rank-timeout", type=float, default=7 * 24 * 3600,
+                   help="under torchrun / accelerate: how long rank 0 waits for the other ranks' items (seconds)")
     score_cli.add_scoring_arguments(p, only=score_cli.EVAL_SCORING_OPTIONS)  # as in `pointcopy score`
 
 
@@ -117,6 +120,11 @@ def run(args) -> int:
         if args.batch_size < 1 or args.max_new_tokens < 1:
             raise ValueError("--batch-size and --max-new-tokens must be >= 1")
         settings = _settings(args, bench.split, prompt, kind)
+        from pointcopy.ranks import rank_and_world
+
+        ranks = rank_and_world()
+        if ranks is not None:  # under torchrun / accelerate launch: this rank's batches, then rank 0 merges
+            return _run_rank(args, spec, bench, prompt, settings, kind, ranks)
         # one run per directory: a second `pointcopy eval` into it would interleave its lines with ours
         lock = DirLock(args.out, "pointcopy eval").acquire()
         # refuse a mismatched directory before spending minutes loading a model
@@ -133,6 +141,64 @@ def run(args) -> int:
         return _generate_and_score(args, spec, bench, model, processor, prompt, settings, resuming)
     finally:
         lock.release()
+
+
+RANKS_DIR = "ranks"
+
+
+def _run_rank(args, spec: BenchmarkSpec, bench, prompt, settings, kind, ranks) -> int:
+    """One rank of a multi-process eval. Batches are cut from the items in benchmark order and dealt round-robin
+    (`runner.run_generation(shard=...)`), so every batch is the one a single process forms; each rank appends to
+    OUT/ranks/R-of-N/predictions.jsonl (resumable, under its own lock); rank 0 waits until every item is in some
+    rank's file, writes OUT/predictions.jsonl in benchmark order and scores it as a one-process run would."""
+    from pointcopy.files import DirLock, dumps, write_atomic
+    from pointcopy.ranks import local_device
+
+    rank, world = ranks
+    device = args.device or local_device()
+    item_ids = list(bench.items)[: args.limit]
+    items = {k: bench.items[k] for k in item_ids}
+    rank_dir = args.out / RANKS_DIR / f"{rank}-of-{world}"
+    rank_dir.mkdir(parents=True, exist_ok=True)
+    with DirLock(rank_dir, f"pointcopy eval rank {rank}"):
+        if (rank_dir / runner.RUN_JSON).is_file():
+            runner.check_run_json(rank_dir, settings, {})
+        model, processor = runner.load_model(args.model, kind, args.dtype, device)
+        runner.check_run_json(rank_dir, settings, _info(args, model, device))
+        stats = runner.run_generation(model, processor, spec, items, rank_dir, prompt_mode=prompt,
+                                      suffix=settings["suffix"], batch_size=args.batch_size,
+                                      max_new_tokens=args.max_new_tokens, progress=not args.no_progress and rank == 0,
+                                      shard=(rank, world))
+    print(f"rank {rank}/{world}: generated {stats.generated} items in {stats.seconds:.1f} s, {stats.skipped} "
+          f"already done", file=sys.stderr)
+    if rank != 0:
+        return 0
+    logs = [runner.PredictionLog(args.out / RANKS_DIR / f"{k}-of-{world}" / runner.PREDICTIONS, spec.id_key)
+            for k in range(world)]
+    rows: dict[str, dict] = {}
+    deadline = time.monotonic() + args.rank_timeout
+    while True:  # the other ranks' files grow as they go: read without truncating, until every item is there
+        rows = {}
+        for log in logs:
+            rows.update(log.load(read_only=True))
+        missing = [k for k in item_ids if k not in rows]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    if missing:
+        print(f"pointcopy eval: {len(missing)} items never appeared in the ranks' files (first: {missing[:3]}); "
+              f"rerun the same command to finish them", file=sys.stderr)
+        return 2
+    with DirLock(args.out, "pointcopy eval (rank 0 merge)"):
+        resuming = runner.check_run_json(args.out, settings, {**_info(args, model, device), "ranks": world})
+        write_atomic(args.out / runner.PREDICTIONS, "".join(dumps(rows[k]) + "\n" for k in item_ids))
+        if args.no_score:
+            return 0
+        merged = list(runner.PredictionLog(args.out / runner.PREDICTIONS, spec.id_key).load().values())
+        n_ok, n_strict, n = score_run(args, spec, bench, merged)
+    print(f"{spec.name}: official-compatible {n_ok}/{n}, strict {n_strict}/{n}, coverage {len(merged)}/"
+          f"{len(bench)} ({world} ranks{', resumed' if resuming else ''}) -> {args.out}")
+    return 0
 
 
 def _generate_and_score(args, spec: BenchmarkSpec, bench, model, processor, prompt, settings, resuming) -> int:

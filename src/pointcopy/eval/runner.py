@@ -95,9 +95,10 @@ class PredictionLog:
     def __init__(self, path: Path, id_key: str):
         self.path, self.id_key = Path(path), id_key
 
-    def load(self) -> dict[str, dict]:
+    def load(self, read_only: bool = False) -> dict[str, dict]:
         """id -> row of the complete lines; drops (and truncates away) a torn last line. Raises ValueError on a
-        malformed line that is not the last, or a duplicated id (the file was edited or written by two runs)."""
+        malformed line that is not the last, or a duplicated id (the file was edited or written by two runs).
+        `read_only`: another process may be appending: a torn last line is skipped, never truncated."""
         if not self.path.exists():
             return {}
         raw = self.path.read_bytes()
@@ -118,7 +119,9 @@ class PredictionLog:
                         raise ValueError(f"no {self.id_key!r} field")
                 except ValueError as exc:
                     if is_last:
-                        print(f"pointcopy eval: {self.path}:{n}: dropping torn last line ({exc})", file=sys.stderr)
+                        if not read_only:
+                            print(f"pointcopy eval: {self.path}:{n}: dropping torn last line ({exc})",
+                                  file=sys.stderr)
                         break
                     raise ValueError(f"{self.path}:{n}: malformed line ({exc}); not a torn tail, refusing to "
                                      f"guess") from None
@@ -127,7 +130,7 @@ class PredictionLog:
                     raise ValueError(f"{self.path}:{n}: {self.id_key} {rid!r} appears twice")
                 rows[rid] = row
             pos = good_end = end
-        if good_end < len(raw):
+        if good_end < len(raw) and not read_only:
             with open(self.path, "r+b") as f:
                 f.truncate(good_end)
                 f.flush()
@@ -196,9 +199,14 @@ class RunStats:
 
 def run_generation(model, processor, benchmark: str | BenchmarkSpec, items: dict[str, dict], out_dir: Path, *,
                    prompt_mode: str | None = None, suffix: str = "", batch_size: int = 8, max_new_tokens: int = 1024,
-                   progress: bool = True, generate_kwargs: dict | None = None) -> RunStats:
+                   progress: bool = True, generate_kwargs: dict | None = None,
+                   shard: tuple[int, int] | None = None) -> RunStats:
     """Generate for every item of `items` (id -> item, benchmark order) not yet in OUTDIR/predictions.jsonl;
-    `benchmark` is a registered name or a spec, `prompt_mode` one of its prompt modes (default: its default)."""
+    `benchmark` is a registered name or a spec, `prompt_mode` one of its prompt modes (default: its default).
+
+    `shard=(rank, world)`: the items are cut into batches in benchmark order and batch k goes to rank k mod world,
+    so every batch holds exactly the items (and padding) a one-process run gives it, and a merge of the ranks'
+    files equals the one-process file item for item. A resumed rank cuts the same batches."""
     from tqdm import tqdm
 
     from pointcopy.inference import generate
@@ -210,14 +218,24 @@ def run_generation(model, processor, benchmark: str | BenchmarkSpec, items: dict
     id_key = spec.id_key
     log = PredictionLog(out_dir / PREDICTIONS, id_key)
     done = log.load()
-    pending = [k for k in items if k not in done]
-    stats = RunStats(total=len(items), skipped=len(items) - len(pending), generated=0, errors=0, seconds=0.0)
-    bar = tqdm(total=len(items), initial=stats.skipped, unit="item", desc=spec.name, disable=not progress,
+    if shard is None:
+        pending = [k for k in items if k not in done]
+        batches = [pending[i:i + batch_size] for i in range(0, len(pending), batch_size)]
+        total = len(items)
+    else:
+        rank, world = shard
+        ordered = list(items)
+        mine = [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)][rank::world]
+        batches = [[k for k in b if k not in done] for b in mine]
+        batches = [b for b in batches if b]
+        total = sum(len(b) for b in mine)
+        pending = [k for b in batches for k in b]
+    stats = RunStats(total=total, skipped=total - len(pending), generated=0, errors=0, seconds=0.0)
+    bar = tqdm(total=total, initial=stats.skipped, unit="item", desc=spec.name, disable=not progress,
                dynamic_ncols=True, smoothing=0.1)
     try:
-        for start in range(0, len(pending), batch_size):
+        for ids in batches:
             t0 = time.perf_counter()
-            ids = pending[start:start + batch_size]
             rows: dict[str, dict] = {}
             questions, images, gen_ids = [], [], []
             for k in ids:

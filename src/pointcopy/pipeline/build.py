@@ -86,8 +86,9 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def shard_from_env() -> tuple[int, int] | None:
     """(RANK, WORLD_SIZE) when launched by torchrun / accelerate with more than one process, else None."""
-    n = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    return (int(os.environ.get("RANK", "0") or 0), n) if n > 1 else None
+    from ..ranks import rank_and_world
+
+    return rank_and_world()
 
 
 def object_id(record_id: str, key: str) -> str:
@@ -237,15 +238,9 @@ def run_shard(opts: BuildOptions, decomposer, grounder_factory: Callable, echo=p
 
 
 def _wait_for_shards(out: Path, n: int, seconds: float, echo) -> None:
-    missing = [k for k in range(n) if not (_shard_dir(out, (k, n)) / DONE).exists()]
-    deadline = time.monotonic() + seconds
-    if missing:
-        echo(f"waiting for shards {missing} of {n}")
-    while missing and time.monotonic() < deadline:
-        time.sleep(1.0)
-        missing = [k for k in missing if not (_shard_dir(out, (k, n)) / DONE).exists()]
-    if missing:
-        raise TimeoutError(f"shards {missing} of {n} did not finish within {seconds:.0f} s")
+    from ..ranks import wait_for_files
+
+    wait_for_files([_shard_dir(out, (k, n)) / DONE for k in range(n)], seconds, echo, what="shards")
 
 
 # ---------------------------------------------------------------------------------------------------- merge

@@ -17,6 +17,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("pointcopy.commands.demo", "answer a question about a generated scene with the embedded model; "
              "writes demo.html"),
+    "app": ("pointcopy.commands.app", "web app: ask about your images or a drawn scene, trace streamed, regions shown"),
     "shapes": ("pointcopy.commands.shapes", "the embedded default's recipe: build data, train, evaluate"),
     "ablate": ("pointcopy.commands.ablate", "controlled ablation: pointing vs no pointing vs text-only controls"),
     "run": ("pointcopy.commands.run", "run a tiny locally built model on a generated image and print the trace"),

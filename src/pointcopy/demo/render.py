@@ -112,8 +112,7 @@ def png_data_uri(image: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def page(image_overlay: Image.Image, question: str, answer: GroundedAnswer, title: str = "pointcopy demo",
-         expected: str | None = None, model_note: str = "") -> str:
+def _object_rows(answer: GroundedAnswer) -> str:
     rows = []
     for n, r in enumerate(answer.objects, start=1):
         if r.box is None:
@@ -123,11 +122,20 @@ def page(image_overlay: Image.Image, question: str, answer: GroundedAnswer, titl
         rows.append(f'<tr><td><span class="swatch" style="background:{colour}"></span>'
                     f'&lt;obj{r.obj_id}&gt;</td><td>{html.escape(r.query or "")}</td>'
                     f"<td>{len(r.cells)}</td><td>[{box}]</td></tr>")
-    verdict = ""
-    if expected is not None:
-        ok = (answer.answer or "").strip().lower() == expected.strip().lower()
-        verdict = (f'<p class="verdict {"ok" if ok else "bad"}">expected: {html.escape(expected)} '
-                   f'({"correct" if ok else "wrong"})</p>')
+    return "".join(rows)
+
+
+def _verdict(answer: GroundedAnswer, expected: str | None) -> str:
+    if expected is None:
+        return ""
+    ok = (answer.answer or "").strip().lower() == expected.strip().lower()
+    return (f'<p class="verdict {"ok" if ok else "bad"}">expected: {html.escape(expected)} '
+            f'({"correct" if ok else "wrong"})</p>')
+
+
+def page(image_overlay: Image.Image, question: str, answer: GroundedAnswer, title: str = "pointcopy demo",
+         expected: str | None = None, model_note: str = "") -> str:
+    rows, verdict = _object_rows(answer), _verdict(answer, expected)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
@@ -152,9 +160,58 @@ table {{ border-collapse: collapse; font-size: 13px; }} td, th {{ border-bottom:
 <figcaption class="note">shaded: copied {_cell_note(answer)}; outline: union box of an object's cells</figcaption></figure>
 <section>
 <p class="answer">Answer: {html.escape(answer.answer or "(none)")}</p>{verdict}
-<table><tr><th>object</th><th>query</th><th>cells</th><th>box (px)</th></tr>{"".join(rows)}</table>
+<table><tr><th>object</th><th>query</th><th>cells</th><th>box (px)</th></tr>{rows}</table>
 <h2>Trace</h2>
 <div class="trace">{trace_html(answer)}</div>
 <p class="note">{html.escape(model_note)}</p>
 </section></main></body></html>
 """
+
+
+def _hover_css(scope: str, answer: GroundedAnswer) -> str:
+    """Hovering a region of the trace (`.region[data-obj=N]`) shows object N's box (`.pc-box[data-obj=N]`) on the
+    image and dims the rest; CSS only (`:has`), so it works where scripts do not run (an HTML component)."""
+    ids = sorted({str(r.obj_id) for r in answer.regions if r.obj_id is not None}, key=lambda v: int(v))
+    rules = [f'{scope}:has(.region[data-obj="{i}"]:hover) .pc-box[data-obj="{i}"]' for i in ids]
+    return (f"{scope} .pc-stage {{ position: relative; display: inline-block; max-width: 100%; overflow: hidden; "
+            f"line-height: 0; }}\n"
+            f"{scope} .pc-stage img {{ display: block; max-width: 100%; height: auto; image-rendering: pixelated; "
+            f"border: 1px solid #ccc; }}\n"
+            f"{scope} .pc-box {{ position: absolute; box-sizing: border-box; border: 3px solid; opacity: 0; "
+            f"pointer-events: none; transition: opacity .12s; }}\n"
+            f"{scope} .trace .region {{ cursor: crosshair; border: 2px solid; border-radius: 4px; padding: 0 3px; "
+            f"white-space: nowrap; }}\n"
+            f"{scope} .trace .region:hover {{ outline: 2px solid #222; }}\n"
+            f"{scope} .trace {{ font-family: ui-monospace, monospace; font-size: 13px; line-height: 1.7; }}\n"
+            f"{scope} .answer {{ font-size: 22px; font-weight: 600; }}\n"
+            f"{scope} .swatch {{ display: inline-block; width: 12px; height: 12px; margin-right: 6px; }}\n"
+            f"{scope} .verdict.ok {{ color: #1a7f37; }} {scope} .verdict.bad {{ color: #b42318; }}\n"
+            + "".join(f"{r} {{ opacity: 1; box-shadow: 0 0 0 9999px rgba(0, 0, 0, .45); }}\n" for r in rules))
+
+
+def fragment(images: list[Image.Image], answer: GroundedAnswer, expected: str | None = None,
+             scale: int | None = None, pending: bool = False, scope: str = "pc-result") -> str:
+    """The demo page's content as one embeddable HTML fragment, nothing written: every image of the sample with its
+    copied regions drawn (`overlay`), the answer, the object table and the trace (`trace_html`); hovering a region
+    of the trace highlights its object's box on the image. `images` are the images the model was given
+    (`PointCopyProcessor.model_view`); `pending`: the trace is still being generated (the answer may come)."""
+    figures = []
+    for i, image in enumerate(images):
+        picture = overlay(image, answer, image_index=i, scale=scale)
+        boxes = []
+        for n, r in enumerate(o for o in answer.objects if o.image == i and o.box is not None):
+            x0, y0, x1, y1 = r.box
+            w, h = image.size
+            boxes.append(f'<div class="pc-box" data-obj="{html.escape(str(r.obj_id))}" style="border-color:'
+                         f'{colour_for(r.obj_id, n + 1)};left:{100 * x0 / w:.3f}%;top:{100 * y0 / h:.3f}%;'
+                         f'width:{100 * (x1 - x0) / w:.3f}%;height:{100 * (y1 - y0) / h:.3f}%"></div>')
+        caption = f"image {i + 1}: " if len(images) > 1 else ""
+        figures.append(f'<figure><div class="pc-stage"><img class="pc-overlay" src="{png_data_uri(picture)}" '
+                       f'width="{picture.width}" height="{picture.height}" alt="image {i + 1} with copied regions '
+                       f'outlined">{"".join(boxes)}</div><figcaption class="note">{caption}shaded: copied '
+                       f'{_cell_note(answer)}; outline: union box of an object\'s cells</figcaption></figure>')
+    shown = answer.answer or ("…" if pending else "(none)")
+    return (f'<div class="{scope}"><style>{_hover_css("." + scope, answer)}</style>{"".join(figures)}'
+            f'<p class="answer">Answer: {html.escape(shown)}</p>{_verdict(answer, expected) if not pending else ""}'
+            f'<table><tr><th>object</th><th>query</th><th>cells</th><th>box (px)</th></tr>{_object_rows(answer)}'
+            f'</table><h3>Trace</h3><div class="trace">{trace_html(answer)}</div></div>')

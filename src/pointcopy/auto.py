@@ -23,12 +23,13 @@ __all__ = ["register", "install"]
 _done = False
 
 
-def register() -> None:
-    """Register pointcopy's configs, models and processor with transformers' Auto classes (idempotent)."""
+def register(finishing: str | None = None) -> None:
+    """Register pointcopy's configs, models and processor with transformers' Auto classes (idempotent).
+    `finishing`: the module calling this as the last line of its own import (not counted as half-imported)."""
     global _done
-    model = sys.modules.get("pointcopy.model")
-    if _done or (model is not None and not getattr(model, "_initialized", False)):
-        return  # done, or transformers was imported by pointcopy.model itself: it registers when it is complete
+    if _done or _half_imported(finishing):
+        return  # a pointcopy module imported transformers half-way through its own import: registering now would
+        # import it again, half-initialised; `pointcopy.model` and `pointcopy.processing` register when complete
     _done = True
     from transformers import AutoProcessor
 
@@ -37,6 +38,16 @@ def register() -> None:
 
     for config_class in (PointCopyConfig, PointCopyQwen3VLConfig):
         AutoProcessor.register(config_class, PointCopyProcessor, exist_ok=True)
+
+
+_NEEDED = ("pointcopy.model", "pointcopy.processing")  # what `register` imports
+
+
+def _half_imported(finishing: str | None) -> bool:
+    """Is a module `register` needs in the middle of its own import (its spec marked `_initializing`)?"""
+    return any(getattr(getattr(m, "__spec__", None), "_initializing", False)
+               for name, m in list(sys.modules.items())
+               if name != finishing and any(name == n or name.startswith(n + ".") for n in _NEEDED))
 
 
 class _AfterTransformers(importlib.abc.MetaPathFinder):

@@ -203,3 +203,8 @@ def _config_copy_start(path: Path) -> int | None:
     if cfg.is_file():
         return json.loads(cfg.read_text()).get("copy_token_start")
     return None
+
+
+from .auto import register as _register  # noqa: E402 - the Auto classes, now that the processor exists
+
+_register(finishing="pointcopy.processing")

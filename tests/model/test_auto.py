@@ -43,7 +43,10 @@ print(type(AutoConfig.from_pretrained(p)).__name__, type(AutoModelForImageTextTo
 
 
 def test_auto_classes_also_when_transformers_or_the_model_package_came_first():
-    for first in ("import transformers; import pointcopy", "import pointcopy.model"):
+    # every first import: a pointcopy module that imports transformers half-way through its own import must not
+    # make the registration import it again half-initialised (it once did: `import pointcopy.processing` failed)
+    for first in ("import transformers; import pointcopy", "import pointcopy.model", "import pointcopy.processing",
+                  "import pointcopy.collate", "import pointcopy.training.run"):
         out = _python(f"""
 {first}
 from transformers import AutoProcessor

@@ -14,7 +14,6 @@ from .qwen3_vl import PointCopyQwen3VLConfig, PointCopyQwen3VLForConditionalGene
 __all__ = ["CopyFields", "CopyMemory", "PointCopyCache", "PointCopyConfig", "PointCopyForConditionalGeneration",
            "PointCopyQwen3VLConfig", "PointCopyQwen3VLForConditionalGeneration"]
 
-_initialized = True
 from ..auto import register as _register  # noqa: E402 - the Auto classes once every adapter is defined
 
-_register()
+_register(finishing="pointcopy.model")

@@ -134,14 +134,27 @@ def _verdict(answer: GroundedAnswer, expected: str | None) -> str:
 
 
 def page(image_overlay: Image.Image, question: str, answer: GroundedAnswer, title: str = "pointcopy demo",
-         expected: str | None = None, model_note: str = "") -> str:
+         expected: str | None = None, model_note: str = "", original: Image.Image | None = None,
+         legend: str = "") -> str:
+    """The demo's HTML page. `original`: the image as the model saw it, shown untinted beside the overlay (the
+    overlay's shading shifts colours); `legend`: one line explaining the world's drawings and the trace's marks."""
     rows, verdict = _object_rows(answer), _verdict(answer, expected)
+    plain = ""
+    if original is not None:
+        # half the overlay's size: beside it on a laptop screen, large enough to read the colours
+        shown = original.resize((max(1, image_overlay.width // 2), max(1, image_overlay.height // 2)),
+                                Image.Resampling.NEAREST)
+        plain = (f'<figure><img id="original" src="{png_data_uri(shown)}" width="{shown.width}" '
+                 f'height="{shown.height}" alt="the image as the model saw it">'
+                 f'<figcaption class="note">the image, untinted</figcaption></figure>\n')
+    legend_html = f'<p class="note legend">{html.escape(legend)}</p>\n' if legend else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; }}
 main {{ display: flex; gap: 32px; align-items: flex-start; flex-wrap: wrap; }}
-img {{ border: 1px solid #ccc; image-rendering: pixelated; }}
+img {{ border: 1px solid #ccc; image-rendering: pixelated; max-width: 100%; height: auto; }}
+figure {{ margin: 0; flex: 0 0 auto; max-width: 100%; }}
 section {{ flex: 1 1 420px; min-width: 0; }}
 .trace {{ font-family: ui-monospace, monospace; font-size: 13px; line-height: 1.7; max-width: 720px; }}
 .region {{ border: 2px solid; border-radius: 4px; padding: 0 3px; white-space: nowrap; }}
@@ -154,11 +167,11 @@ table {{ border-collapse: collapse; font-size: 13px; }} td, th {{ border-bottom:
 <body>
 <h1>{html.escape(title)}</h1>
 <p><b>Question:</b> {html.escape(question)}</p>
-<main>
+{legend_html}<main>
 <figure><img id="overlay" src="{png_data_uri(image_overlay)}" width="{image_overlay.width}"
  height="{image_overlay.height}" alt="image with copied regions outlined">
 <figcaption class="note">shaded: copied {_cell_note(answer)}; outline: union box of an object's cells</figcaption></figure>
-<section>
+{plain}<section>
 <p class="answer">Answer: {html.escape(answer.answer or "(none)")}</p>{verdict}
 <table><tr><th>object</th><th>query</th><th>cells</th><th>box (px)</th></tr>{rows}</table>
 <h2>Trace</h2>

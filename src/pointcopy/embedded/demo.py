@@ -147,7 +147,9 @@ def run_demo(out_dir: str | Path = ".", seed: int | None = None, image_path: str
     picture = overlay(image, answer)
     png_path, html_path = out_dir / "demo_overlay.png", out_dir / "demo.html"
     picture.save(png_path)
-    html_path.write_text(page(picture, question, answer, expected=expected,
+    from ..data.shapes.traces import LEGEND
+
+    html_path.write_text(page(picture, question, answer, expected=expected, original=image, legend=LEGEND,
                               model_note=f"model: {model_dir} (pointcopy shapes-tiny)"
                               + "".join(f". Warning: {w}" for w in warnings)), encoding="utf-8")
     echo(f"wrote {html_path} and {png_path}")

@@ -50,7 +50,7 @@ from pointcopy.data.v1g import expand_regions
 from .questions import ATTR_ORDER, Filter, Question, Step
 from .scene import COLORS, SHAPES, SIZES, Scene, SceneObject
 
-__all__ = ["VARIANTS", "TRACE_FORMAT", "STEP_CALL", "ENUM_QUERY", "PLAN_PREFIX", "RELATION_PREFIX", "describe", "canonical_words", "object_key", "enum_call", "DESCRIPTION", "trace_text", "text_only", "regions", "variants",
+__all__ = ["VARIANTS", "TRACE_FORMAT", "STEP_CALL", "ENUM_QUERY", "PLAN_PREFIX", "RELATION_PREFIX", "describe", "canonical_words", "object_key", "LEGEND", "enum_call", "DESCRIPTION", "trace_text", "text_only", "regions", "variants",
            "strip_copies"]
 
 VARIANTS = ("copy", "coord", "nocopy")
@@ -62,6 +62,13 @@ PLAN_PREFIX = "Find: "
 RELATION_PREFIX = "Compare: "
 _MATERIAL_WORD = {"metal": "shiny", "rubber": "matte"}
 _COPY_RE = re.compile(r"<\|copy_\d+\|>")
+
+
+# One line for a reader of a rendered scene and its trace (the demo page shows it).
+LEGEND = ("Drawings: a cube is a square, a sphere a circle, a cylinder a triangle; shiny objects have a dark rim and a "
+          "white highlight. Trace: each object's line is its copy, its four words (size colour material shape), "
+          "then per step the step's word, the object's word and equal/not, yes/no (does it count) and the "
+          "running count.")
 
 
 def object_key(obj_id: int) -> str:

@@ -52,7 +52,6 @@ import logging
 import os
 import random
 import socket
-import sys
 import tempfile
 import threading
 import time
@@ -267,7 +266,10 @@ class ChatClient:
         total = len(requests) if hasattr(requests, "__len__") else None
         source = iter(enumerate(requests))
         window = 2 * self.settings.concurrency  # a few queued behind the workers keeps them busy
-        done_n = failed_n = 0
+        failed_n = 0
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc="llm", unit="req", disable=not progress, dynamic_ncols=True)
         pool = ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="llm")
         pending: dict[Future, int] = {}
         try:
@@ -285,26 +287,21 @@ class ChatClient:
                         result: Completion | LLMError = fut.result()
                     except LLMError as exc:
                         result, failed_n = exc, failed_n + 1
-                    done_n += 1
                     if progress:
-                        self._progress(done_n, total, failed_n)
+                        with self._lock:
+                            s = dict(self.stats)
+                        bar.set_postfix(failed=failed_n, cached=s["cache_hits"], requests=s["requests"],
+                                        retries=s["retries"], refresh=False)
+                        bar.update(1)
                     yield i, result
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-            if progress:
-                print(file=sys.stderr, flush=True)
+            bar.close()
 
     # ------------------------------------------------------------------------------------------- internals
     def _count(self, name: str, n: int = 1) -> None:
         with self._lock:
             self.stats[name] += n
-
-    def _progress(self, done: int, total: int | None, failed: int) -> None:
-        with self._lock:
-            s = dict(self.stats)
-        of = f"/{total}" if total is not None else ""
-        print(f"\rllm: {done}{of} done, {failed} failed, {s['cache_hits']} cached, {s['requests']} requests, "
-              f"{s['retries']} retries", end="", file=sys.stderr, flush=True)
 
     def _complete(self, messages: list[dict], validate: Callable[[str], Any] | None) -> Completion:
         s = self.settings

@@ -215,6 +215,10 @@ def train(options: TrainOptions) -> dict:
 
     if options.threads:
         torch.set_num_threads(options.threads)
+    import warnings
+
+    # a deprecation inside transformers' own LoRA path, nothing a user of this command can change
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
     out = Path(options.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(options.seed)

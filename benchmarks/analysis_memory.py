@@ -5,7 +5,7 @@ what it holds grows with length x groups x analysed layers and its transient wit
 analysis that asks the model for its attention maps holds (heads x length x length) per layer, for every layer.
 
 One forward of a tiny text-heavy point-and-copy model (one small image, then text up to the length) per
-configuration, each in a fresh subprocess: peak RSS (`resource.getrusage` ru_maxrss) during the forward minus the
+configuration, each in a fresh subprocess: peak RSS (VmHWM, `memory_probe.py`) during the forward minus the
 RSS after loading the model and a short warm-up forward (the peak is reset there through /proc/self/clear_refs
 where the kernel allows it). Prints a table, then
 
@@ -24,31 +24,11 @@ import argparse
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import time
 
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")  # resets the peak RSS (Linux >= 4.0)
-        return True
-    except OSError:
-        return False
+from memory_probe import peak_mb, reset_peak, rss_mb  # benchmarks/memory_probe.py, beside this script
 
 
 def child(cfg: dict) -> dict:
@@ -100,15 +80,15 @@ def child(cfg: dict) -> dict:
     if cfg["mode"] == "full":
         model.set_attn_implementation("eager")
     forward(inputs(64))  # warm-up: code paths and allocator pools of a short forward
-    base = _rss_mb()
-    reset = _reset_peak()
+    base = rss_mb()
+    reset = reset_peak()
     if not reset:
-        base = max(base, _peak_mb())
+        base = max(base, peak_mb())
     x = inputs(cfg["length"])
     t0 = time.perf_counter()
     kept = forward(x)
     seconds = time.perf_counter() - t0
-    return {**cfg, "peak_mb": max(0.0, _peak_mb() - base), "kept_mb": kept / 2 ** 20, "seconds": seconds,
+    return {**cfg, "peak_mb": max(0.0, peak_mb() - base), "kept_mb": kept / 2 ** 20, "seconds": seconds,
             "seq_len": int(x["input_ids"].shape[1]), "peak_reset": reset}
 
 

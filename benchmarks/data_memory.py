@@ -23,38 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from memory_probe import peak_mb, reset_peak, rss_mb  # benchmarks/memory_probe.py, beside this script
+
 TRACE = 'detect(query="square", objects=["<obj1>"])\nThe <obj1> is {colour}. Answer: {colour}'
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _peak_mb() -> float:
-    with open("/proc/self/status") as fh:  # VmHWM: the peak RSS since the last reset (ru_maxrss is not reset)
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _reset_peak() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        pass
 
 
 def make_set(root: Path, records: int, side: int = 184, pool: int = 64, per_shard: int = 2000) -> float:
@@ -104,8 +81,8 @@ def child(mode: str, data: str, batches: int, batch_size: int) -> dict:
     torch.set_num_threads(1)
     processor = build_tiny_processor()
     collator = GroundedCollator(processor)
-    before = _rss_mb()
-    _reset_peak()
+    before = rss_mb()
+    reset_peak()
     t0 = time.perf_counter()
     if mode == "streamed":
         from pointcopy.training.dataset import V1GDataset
@@ -125,7 +102,7 @@ def child(mode: str, data: str, batches: int, batch_size: int) -> dict:
 
         dataset = InMemory()
     build_s = time.perf_counter() - t0
-    after_build = _peak_mb()
+    after_build = peak_mb()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collator,
                         generator=torch.Generator().manual_seed(0))
     t0 = time.perf_counter()
@@ -133,7 +110,7 @@ def child(mode: str, data: str, batches: int, batch_size: int) -> dict:
         if k + 1 >= batches:
             break
     return {"mode": mode, "records": len(dataset), "rss_before_mb": before, "peak_build_mb": after_build,
-            "peak_iterate_mb": _peak_mb(), "build_s": build_s, "iterate_s": time.perf_counter() - t0}
+            "peak_iterate_mb": peak_mb(), "build_s": build_s, "iterate_s": time.perf_counter() - t0}
 
 
 def run_child(mode: str, args) -> dict:

@@ -192,13 +192,7 @@ def _run_rank(args, spec: BenchmarkSpec, bench, prompt, settings, kind, ranks) -
     with DirLock(args.out, "pointcopy eval (rank 0 merge)"):
         resuming = runner.check_run_json(args.out, settings, {**_info(args, model, device), "ranks": world})
         write_atomic(args.out / runner.PREDICTIONS, "".join(dumps(rows[k]) + "\n" for k in item_ids))
-        if args.no_score:
-            return 0
-        merged = list(runner.PredictionLog(args.out / runner.PREDICTIONS, spec.id_key).load().values())
-        n_ok, n_strict, n = score_run(args, spec, bench, merged)
-    print(f"{spec.name}: official-compatible {n_ok}/{n}, strict {n_strict}/{n}, coverage {len(merged)}/"
-          f"{len(bench)} ({world} ranks{', resumed' if resuming else ''}) -> {args.out}")
-    return 0
+        return _score(args, spec, bench, f" ({world} ranks{', resumed' if resuming else ''})")
 
 
 def _generate_and_score(args, spec: BenchmarkSpec, bench, model, processor, prompt, settings, resuming) -> int:
@@ -210,10 +204,15 @@ def _generate_and_score(args, spec: BenchmarkSpec, bench, model, processor, prom
     print(f"generated {stats.generated} items in {stats.seconds:.1f} s ({stats.items_per_second:.2f} items/s), "
           f"{stats.errors} recorded with errors, {stats.skipped} already done" + (" (resumed)" if resuming else ""),
           file=sys.stderr)
+    return _score(args, spec, bench)
+
+
+def _score(args, spec: BenchmarkSpec, bench, note: str = "") -> int:
+    """Score OUT/predictions.jsonl (unless --no-score) and print the one-line summary."""
     if args.no_score:
         return 0
     rows = list(runner.PredictionLog(args.out / runner.PREDICTIONS, spec.id_key).load().values())
     n_ok, n_strict, n = score_run(args, spec, bench, rows)
     print(f"{spec.name}: official-compatible {n_ok}/{n}, strict {n_strict}/{n}, coverage {len(rows)}/"
-          f"{len(bench)} -> {args.out}")
+          f"{len(bench)}{note} -> {args.out}")
     return 0

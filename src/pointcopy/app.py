@@ -138,18 +138,13 @@ def world_warnings(images: list, model_key: str) -> list[str]:
     `embedded.input_check`); nothing for other models."""
     if not (Path(model_key) / "RECIPE.json").is_file():
         return []
-    from .embedded.input_check import unlike_the_world
+    from .embedded.input_check import world_warning
     from .embedded.recipe import load_recipe
 
     scenes = load_recipe(model_key).scenes
-    out = []
-    for n, image in enumerate(images):
-        reasons = unlike_the_world(image, scenes)
-        if reasons:
-            which = f"image {n + 1}" if len(images) > 1 else "this image"
-            out.append(f"{which} does not look like the shapes world this model was trained on ("
-                       + "; ".join(reasons) + "): the model knows nothing else, so its answer means nothing")
-    return out
+    found = (world_warning(image, scenes, f"image {n + 1}" if len(images) > 1 else "this image")
+             for n, image in enumerate(images))
+    return [w for w in found if w]
 
 
 def answer_stream(images: list, question: str, model_spec: str | None = None, max_new_tokens: int = 640,
@@ -256,8 +251,7 @@ def answer_stream(images: list, question: str, model_spec: str | None = None, ma
         gen = outcome["gen"]
         answer = gen.grounded()
         if runaway.stopped:
-            warnings.append(f"stopped: the model repeated one pointer {runaway.run} times in a row, a runaway loop "
-                            f"(typical of input unlike its training data)")
+            warnings.append(runaway.message)
         cut = "" if gen.finished or runaway.stopped else f" (cut at {max_new_tokens} new tokens)"
         yield Update(f"done: {len(gen.ids)} tokens in {time.monotonic() - started:.1f} s{cut}",
                      fragment(images, answer, expected=expected), done=True, text=gen.text,

@@ -97,6 +97,12 @@ class RepeatedPointerStop:
         self.stopped |= set(hit.nonzero().flatten().tolist())
         return hit
 
+    @property
+    def message(self) -> str:
+        """What to tell the user when it stopped a row."""
+        return (f"stopped: the model repeated one pointer {self.run} times in a row, a runaway loop (typical of "
+                f"input unlike its training data)")
+
 
 @torch.no_grad()
 def generate(model, processor, questions: list[str], images: list[list], max_new_tokens: int = 256,

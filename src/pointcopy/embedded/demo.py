@@ -103,12 +103,11 @@ def run_demo(out_dir: str | Path = ".", seed: int | None = None, image_path: str
     processor.check_user_text(question)
     warnings = []
     if image_path:  # the picture as the user gave it, before it is fitted to the vision tower
-        from .input_check import unlike_the_world
+        from .input_check import world_warning
 
-        reasons = unlike_the_world(image, load_recipe(model_dir).scenes)
-        if reasons:
-            warnings.append("this image does not look like the shapes world this model was trained on ("
-                            + "; ".join(reasons) + "): the model knows nothing else, so its answer means nothing")
+        warning = world_warning(image, load_recipe(model_dir).scenes)
+        if warning:
+            warnings.append(warning)
     # From here on the picture is the one the vision tower sees: a 10000 x 10000 upload costs what a 448 x 448
     # one does, and the overlay shows exactly the cells the model could copy.
     image = processor.model_view(image)
@@ -122,8 +121,7 @@ def run_demo(out_dir: str | Path = ".", seed: int | None = None, image_path: str
     gen = generate(model, processor, [question], [[image]], max_new_tokens=max_new_tokens,
                    stopping_criteria=StoppingCriteriaList([runaway]))[0]
     if runaway.stopped:
-        warnings.append(f"stopped: the model repeated one pointer {runaway.run} times in a row, a runaway loop "
-                        f"(typical of input unlike its training data)")
+        warnings.append(runaway.message)
     answer = gen.grounded()  # located on the layout generate used (gen.slot_map), not a re-run processor
 
     if not image_path:

@@ -1,0 +1,129 @@
+"""`PointCopyEngine`: a vLLM engine set up for point-and-copy, and generation from token ids + images.
+
+    engine = PointCopyEngine("path/to/checkpoint", max_num_seqs=32)
+    ids = engine.generate_ids([(prompt_ids, [image])], max_new_tokens=256)     # pointer ids included
+
+The settings the mechanism needs are fixed here, not left to the caller:
+
+* `worker_cls`: the worker whose runner hands the model each step's request rows (`vllm_worker.py`);
+* prefix caching off: a cache hit would skip the image tokens, so the copy memory would never be filled;
+* no video inputs; one memory row per concurrent request (`max_num_seqs`).
+
+Official v1 checkpoints (`model_type: "v1"`, a flat transformers-4.5x config) are served through a folder that
+holds the converted config (`convert.config_from_official`, the same mapping `from_pretrained` uses) and links to
+the original files; the weights keep their official names (the model maps them when loading).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from ..model.convert import config_from_official, read_config_dict
+from .plugin import ARCHITECTURE
+
+WORKER = "pointcopy.serving.vllm_worker.PointCopyCPUWorker"
+GPU_WORKER = "pointcopy.serving.vllm_worker.PointCopyGPUWorker"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
+
+
+def served_model_dir(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The folder vLLM loads: `path` itself for pointcopy checkpoints, a converted view for official v1 ones."""
+    path = Path(path)
+    d = read_config_dict(path)
+    if d.get("model_type") == "pointcopy":
+        return path
+    if d.get("model_type") != "v1":
+        raise ValueError(f"{path}: config.json model_type {d.get('model_type')!r}; vLLM serving takes pointcopy "
+                         f"Qwen2.5-VL checkpoints ('pointcopy') and official v1 ones ('v1')")
+    config = config_from_official(d).to_dict()
+    config["architectures"] = [ARCHITECTURE]
+    text = json.dumps(config, indent=2, sort_keys=True)
+    key = hashlib.sha256((str(path.resolve()) + text).encode()).hexdigest()[:16]
+    root = Path(cache_dir) if cache_dir else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    view = root / "pointcopy" / "vllm-views" / key
+    view.mkdir(parents=True, exist_ok=True)
+    for f in path.iterdir():
+        link = view / f.name
+        if f.name != "config.json" and not link.exists():
+            link.symlink_to(f.resolve())
+    (view / "config.json").write_text(text)
+    return view
+
+
+def cpu_kv_cache_bytes(config: dict, max_num_seqs: int, max_model_len: int | None) -> int:
+    """KV cache for `max_num_seqs` full-length sequences (float32 worst case), at least 256 MiB."""
+    text = config.get("text_config") or config
+    layers, heads = int(text["num_hidden_layers"]), int(text.get("num_key_value_heads") or text["num_attention_heads"])
+    head_dim = int(text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"])
+    length = max_model_len or int(text.get("max_position_embeddings", 4096))
+    need = 2 * layers * heads * head_dim * 4 * length * max_num_seqs
+    return max(need, 256 << 20)
+
+
+def check_tokenizer(model_dir: Path) -> None:
+    if not any((model_dir / f).is_file() for f in TOKENIZER_FILES):
+        raise ValueError(f"{model_dir}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); vLLM's Qwen2.5-VL "
+                         f"processor needs the checkpoint's tokenizer next to it")
+
+
+class PointCopyEngine:
+    """A `vllm.LLM` serving one point-and-copy checkpoint. Extra keyword arguments go to `vllm.LLM`."""
+
+    def __init__(self, model: str | os.PathLike, *, max_num_seqs: int = 32, max_model_len: int | None = None,
+                 max_images: int = 4, dtype: str = "auto", seed: int = 0, enforce_eager: bool | None = None,
+                 **llm_kwargs):
+        import torch
+        from vllm import LLM
+
+        self.source = str(model)
+        self.model_dir = served_model_dir(model)
+        check_tokenizer(self.model_dir)
+        config = read_config_dict(self.model_dir)
+        self.copy_token_start = int(config["copy_token_start"])
+        self.image_token_id = int(config["image_token_id"])
+        cuda = torch.cuda.is_available()
+        for fixed in ("worker_cls", "enable_prefix_caching"):
+            if fixed in llm_kwargs:
+                raise ValueError(f"{fixed} is set by PointCopyEngine (point-and-copy needs its own value)")
+        if not cuda and "kv_cache_memory_bytes" not in llm_kwargs and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            # vLLM's CPU default reserves 92% of the machine's memory for the KV cache; size it from the work instead
+            llm_kwargs["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(config, max_num_seqs, max_model_len)
+        self.llm = LLM(model=str(self.model_dir), worker_cls=GPU_WORKER if cuda else WORKER,
+                       enable_prefix_caching=False, limit_mm_per_prompt={"image": max_images, "video": 0},
+                       max_num_seqs=max_num_seqs, max_model_len=max_model_len, dtype=dtype, seed=seed,
+                       enforce_eager=(not cuda) if enforce_eager is None else enforce_eager, **llm_kwargs)
+
+    def sampling_params(self, max_new_tokens: int, **kwargs):
+        """vLLM SamplingParams; greedy unless `temperature` > 0 is given. Token ids come back undetokenized:
+        pointer ids have no tokenizer entry (`tokens.decode_with_pointers` renders them)."""
+        from vllm import SamplingParams
+
+        kwargs.setdefault("temperature", 0.0)
+        return SamplingParams(max_tokens=max_new_tokens, detokenize=False, **kwargs)
+
+    def generate_ids(self, prompts: list[tuple[list[int], list]], max_new_tokens: int = 256, *,
+                     use_tqdm: bool = False, **sampling) -> list[list[int]]:
+        """prompts: (token ids, PIL images in order) -> generated ids per prompt (eos included when generated), in
+        prompt order. An image's `<|image_pad|>` may be one token or already expanded to its run (as our processor
+        gives it): vLLM's processor expands each image's single placeholder itself, so runs are collapsed first."""
+        inputs = []
+        for n, (ids, images) in enumerate(prompts):
+            ids = collapse_image_runs([int(i) for i in ids], self.image_token_id)
+            bad = next((i for i in ids if i >= self.copy_token_start), None)
+            if bad is not None:
+                raise ValueError(f"prompt {n}: pointer id {bad} in the prompt; vLLM serving starts traces without "
+                                 f"pointers (the copy memory is built from the prompt's images)")
+            item = {"prompt_token_ids": ids}
+            if images:
+                item["multi_modal_data"] = {"image": list(images) if len(images) > 1 else images[0]}
+            inputs.append(item)
+        outputs = self.llm.generate(inputs, self.sampling_params(max_new_tokens, **sampling), use_tqdm=use_tqdm)
+        return [list(o.outputs[0].token_ids) for o in outputs]
+
+
+def collapse_image_runs(ids: list[int], image_token_id: int) -> list[int]:
+    """Each run of consecutive image tokens -> one image token (the placeholder vLLM expands per image)."""
+    return [t for n, t in enumerate(ids) if t != image_token_id or n == 0 or ids[n - 1] != image_token_id]

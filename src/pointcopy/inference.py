@@ -106,8 +106,10 @@ class RepeatedPointerStop:
 
 @torch.no_grad()
 def generate(model, processor, questions: list[str], images: list[list], max_new_tokens: int = 256,
-             suffix: str = "", **generate_kwargs) -> list[Generation]:
-    """One chat turn per question, with that sample's images first (as in the official demo)."""
+             suffix: str = "", seed: int | None = None, **generate_kwargs) -> list[Generation]:
+    """One chat turn per question, with that sample's images first (as in the official demo). Greedy unless
+    `do_sample=True` is passed; `seed` seeds torch's generators right before generating (the same seed, inputs and
+    batch sample the same ids). Decoding kwargs for the commands' flags: `decoding.DecodingOptions`."""
     if len(questions) != len(images):
         raise ValueError(f"{len(questions)} questions but {len(images)} image lists")
     if max_new_tokens < 1:
@@ -119,6 +121,8 @@ def generate(model, processor, questions: list[str], images: list[list], max_new
     batch = processor(texts, flat).to(model.device)
     check_length(model, batch["input_ids"].shape[1], max_new_tokens)
     generate_kwargs.setdefault("do_sample", False)
+    if seed is not None:
+        torch.manual_seed(seed)
     out = model.generate(**batch, max_new_tokens=max_new_tokens, **generate_kwargs)
     new = out[:, batch["input_ids"].shape[1]:]
     eos = model.generation_config.eos_token_id

@@ -311,12 +311,15 @@ def _eos_ids(model, processor) -> set[int]:
 
 
 @torch.no_grad()
-def _continue(model, processor, jobs: list[tuple], max_new_tokens: int) -> list[tuple[list[int], bool]]:
+def _continue(model, processor, jobs: list[tuple], max_new_tokens: int,
+              decoding_kwargs: dict | None = None) -> list[tuple[list[int], bool]]:
     """Greedy continuations of (Traced, prefix trace length, edits) jobs, batched (left padding), each under its
     own copy-memory edits; each limited to max_new_tokens - prefix and to EXTRA_TOKENS past the baseline's end (a
-    swap does not change how many lines a trace has: a continuation that long is looping). Returns (new ids
-    before end-of-turn, finished) per job."""
+    swap does not change how many lines a trace has: a continuation that long is looping). `decoding_kwargs`: the
+    baseline traces' (`DecodingOptions.generate_kwargs()`: their repetition penalty). Returns (new ids before
+    end-of-turn, finished) per job."""
     eos = _eos_ids(model, processor)
+    kwargs = {**(decoding_kwargs or {}), "do_sample": False}
     results: list = [None] * len(jobs)
     # chunks of similar remaining length: a chunk runs until its longest row ends (measured: the fastest grouping)
     order = sorted(range(len(jobs)), key=lambda j: jobs[j][0].steps - jobs[j][1])
@@ -330,7 +333,7 @@ def _continue(model, processor, jobs: list[tuple], max_new_tokens: int) -> list[
         batch = {k: v.to(model.device) for k, v in batch.items()}
         handle = model.register_copy_memory_hook(memory_edit_hook([jobs[j][2] for j in chunk]))
         try:
-            out = model.generate(**batch, max_new_tokens=max(budgets), do_sample=False)
+            out = model.generate(**batch, max_new_tokens=max(budgets), **kwargs)
         finally:
             handle.remove()
         new = out[:, batch["input_ids"].shape[1]:].tolist()
@@ -358,7 +361,8 @@ def _summarise(opts: RunOptions):
                 jobs.append((t, p["prefix"], [(p["dst"], p["src"])] if p["kind"] != "control" else []))
                 where.append((len(rows), p))
             rows.append(row)
-        for (r, p), (ids, finished) in zip(where, _continue(model, processor, jobs, opts.max_new_tokens)):
+        for (r, p), (ids, finished) in zip(where, _continue(model, processor, jobs, opts.max_new_tokens,
+                                                             opts.decoding.generate_kwargs())):
             text = processor.decode(ids)
             p.update(words=attribute_words(text), answer=extract_answer(text), finished=finished, tokens=len(ids))
             rows[r]["interventions"].append(p)
@@ -524,6 +528,9 @@ def aggregate(runs, items_order: list[str]) -> dict:
 def run_faithfulness(opts: RunOptions, echo=print) -> dict:
     if opts.traces != "generated":
         raise ValueError("faithfulness reruns the model's own generation: use generated traces")
+    if opts.decoding.do_sample:
+        raise ValueError("faithfulness compares greedy continuations after a swap with the baseline trace: "
+                         "--do-sample is not supported (a sampled difference would not be the swap's)")
     items, runs = analyse_models(opts, _summarise(opts), echo=echo, needs_copies=True, analysis="faithfulness")
     if not any(r.rows for r in runs):
         raise ValueError("no model copies: every analysed trace of every model has no pointer token (pointing off, "

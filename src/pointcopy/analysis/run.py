@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..decoding import DecodingOptions
 from ..files import write_atomic
 from .items import AnalysisItem, ItemError, load_items
 from .traces import ModelInfo, Traced, generate_traces, given_trace_ids, load_model, read_jsonl_rows, traced
@@ -60,6 +61,7 @@ class RunOptions:
     threads: int | None = None
     progress: bool = True
     extra: dict = field(default_factory=dict)
+    decoding: DecodingOptions = field(default_factory=DecodingOptions)  # all but its max_new_tokens (the one above)
 
 
 @dataclass
@@ -109,19 +111,24 @@ def analyse_models(opts: RunOptions, summarise: Callable[[list[Traced], object, 
     return items, runs
 
 
+# model.json written before the decoding flags existed: greedy, no penalty passed, no suffix
+LEGACY_META = {"decoding": {"decoding": "greedy", "repetition_penalty": 1.0, "suffix": ""}}
+
+
 def _analyse_model(opts, spec, name, items, item_errors, summarise, echo, needs_copies, analysis) -> ModelRun:
     from tqdm.auto import tqdm
 
     folder = Path(opts.out) / "models" / name
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"analysis": analysis, "label": spec.label, "path": str(spec.path), "traces": opts.traces,
-            "pointing": opts.pointing, "max_new_tokens": opts.max_new_tokens}
+            "pointing": opts.pointing, "max_new_tokens": opts.max_new_tokens,
+            "decoding": {**opts.decoding.settings(), "suffix": opts.decoding.suffix}}
     if opts.extra:  # an analysis' own settings (e.g. faithfulness' events per item): rows made with others differ
         meta["extra"] = dict(opts.extra)
     meta_file = folder / "model.json"
     if meta_file.is_file():
         before = json.loads(meta_file.read_text())
-        before = {k: before.get(k) for k in meta}
+        before = {k: before.get(k, LEGACY_META.get(k)) for k in meta}
         if before != meta:
             raise ValueError(f"{folder} holds an analysis of {before}, not {meta}: use another --out")
     started = time.perf_counter()
@@ -129,9 +136,11 @@ def _analyse_model(opts, spec, name, items, item_errors, summarise, echo, needs_
     write_atomic(meta_file, json.dumps({**meta, "model": info.to_dict()}, indent=1))
     echo(f"{name}: {spec.path} ({info.model_type}, pointing {'on' if info.pointing_enabled else 'off'})")
     errors: list[ItemError] = list(item_errors)
+    suffix = opts.decoding.suffix
     if opts.traces == "generated":
         traces = generate_traces(model, processor, items, folder / "traces.jsonl", max_new_tokens=opts.max_new_tokens,
-                                 batch_size=max(opts.batch_size, 1), progress=opts.progress, errors=errors)
+                                 batch_size=max(opts.batch_size, 1), progress=opts.progress, errors=errors,
+                                 decoding=opts.decoding)
     rows_file = folder / "items.jsonl"
     rows = read_jsonl_rows(rows_file)
     skipped_file = folder / "skipped.jsonl"
@@ -148,10 +157,11 @@ def _analyse_model(opts, spec, name, items, item_errors, summarise, echo, needs_
                         if it.id not in traces:
                             continue  # its images could not be read: already in `errors`
                         row = traces[it.id]
-                        t = traced(processor, it, row["ids"], text=row["text"], finished=row["finished"])
+                        t = traced(processor, it, row["ids"], text=row["text"], finished=row["finished"],
+                                   suffix=suffix)
                     else:
                         ids = given_trace_ids(processor, it, info.render)
-                        t = traced(processor, it, ids, text=processor.decode(ids))
+                        t = traced(processor, it, ids, text=processor.decode(ids), suffix=suffix)
                     if t.steps < 2:
                         raise ItemError(it.id, "trace", f"{t.steps} trace token(s): nothing to analyse")
                     if needs_copies and not t.copy_events():

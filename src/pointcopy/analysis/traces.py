@@ -2,7 +2,8 @@
 
     load_model(path)                 our / official v1 / base Qwen-VL checkpoints through one class; pointing off
                                      for a base checkpoint (it never learnt to point)
-    generate_traces(...)             greedy traces of the model, one JSON line per item (resumable)
+    generate_traces(...)             the model's traces (greedy unless `decoding` says otherwise), one JSON line
+                                     per item (resumable)
     traced(processor, item, ...)     -> Traced: prompt ids (as `inference.generate` builds them) + trace ids,
                                      pixel values, the item's SlotMap and where its image tokens are
     given_trace_ids(...)             an item's own trace (a v1g record's, rendered as the model was trained to
@@ -125,13 +126,14 @@ class Traced:
 
 
 def traced(processor, item: AnalysisItem, trace_ids: list[int], images=None, text: str = "",
-           finished: bool = True) -> Traced:
-    """The Traced of `item` with `trace_ids` after the prompt `inference.generate` gives the model."""
+           finished: bool = True, suffix: str = "") -> Traced:
+    """The Traced of `item` with `trace_ids` after the prompt `inference.generate` gives the model (the question
+    plus `suffix`, as the traces were generated)."""
     from ..inference import prompt_text
 
     images = item.images() if images is None else images
     try:
-        batch = processor([prompt_text(processor, item.question, len(images))], images)
+        batch = processor([prompt_text(processor, item.question + suffix, len(images))], images)
     except ValueError as e:
         raise ItemError(item.id, "question", str(e)) from e
     prompt = batch["input_ids"][0].tolist()
@@ -189,13 +191,18 @@ def read_jsonl_rows(path: Path) -> dict[str, dict]:
 
 @torch.no_grad()
 def generate_traces(model, processor, items: list[AnalysisItem], out_file: Path, *, max_new_tokens: int,
-                    batch_size: int = 16, progress: bool = True, errors: list | None = None) -> dict[str, dict]:
-    """Greedy traces {id: {"id", "text", "ids", "finished"}}, appended to `out_file` batch by batch; items already
-    there are not generated again. Items whose images cannot be read go to `errors` (ItemError) and are skipped."""
+                    batch_size: int = 16, progress: bool = True, errors: list | None = None,
+                    decoding=None) -> dict[str, dict]:
+    """Traces {id: {"id", "text", "ids", "finished"}}, appended to `out_file` batch by batch; items already there
+    are not generated again. Items whose images cannot be read go to `errors` (ItemError) and are skipped.
+    `decoding` (`decoding.DecodingOptions`, default greedy): suffix and decoding kwargs (its max_new_tokens is
+    this function's); with sampling each batch is seeded from the seed and its first item id."""
     from tqdm.auto import tqdm
 
+    from ..decoding import DecodingOptions
     from ..inference import generate
 
+    decoding = decoding or DecodingOptions()
     out_file = Path(out_file)
     done = read_jsonl_rows(out_file)
     todo = [it for it in items if it.id not in done]
@@ -212,7 +219,8 @@ def generate_traces(model, processor, items: list[AnalysisItem], out_file: Path,
                         errors.append(e)
             if chunk:
                 gens = generate(model, processor, [it.question for it in chunk], images,
-                                max_new_tokens=max_new_tokens)
+                                max_new_tokens=max_new_tokens, suffix=decoding.suffix,
+                                seed=decoding.seed_for(str(todo[lo].id)), **decoding.generate_kwargs())
                 for it, g in zip(chunk, gens):
                     row = {"id": it.id, "text": g.text, "ids": g.ids, "finished": g.finished}
                     done[it.id] = row

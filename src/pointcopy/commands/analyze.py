@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..decoding import add_decoding_arguments, decoding_from_args
 from .args import output_dir, positive_int
 
 ANALYSES = {
@@ -50,28 +51,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--layers", type=_layers, help="decoder layers, e.g. 2,14,27 (default: early, middle, last)")
         if name != "faithfulness":
             p.add_argument("--traces", choices=["generated", "given"], default="generated",
-                           help="analyse the model's own greedy traces, or teacher-force the items' given traces")
+                           help="analyse the model's own traces (decoded as the decoding flags say; default "
+                                "greedy), or teacher-force the items' given traces")
         if name == "faithfulness":
             p.add_argument("--events-per-item", type=positive_int, default=3,
                            help="copies per item to intervene on (spread over the trace: first, middle, last)")
         p.add_argument("--batch-size", type=positive_int, default=8)
-        p.add_argument("--max-new-tokens", type=positive_int, default=640)
         p.add_argument("--pointing", choices=["auto", "on", "off"], default="auto",
                        help="pointer logits at generation (auto: the checkpoint's setting, off for base checkpoints)")
         p.add_argument("--threads", type=positive_int,
                        help="torch CPU threads (on a machine busy with other jobs, 1 is much faster than 2)")
         p.add_argument("--no-progress", action="store_true")
+        add_decoding_arguments(p, max_new_tokens=640)
 
 
 def options(args):
     from pointcopy.analysis.run import RunOptions
 
+    decoding = decoding_from_args(args, echo=print)  # the report goes to stdout too
     return RunOptions(items=args.items, out=args.out, models=args.models, limit=args.limit, layers=args.layers,
                       traces=getattr(args, "traces", "generated"), batch_size=args.batch_size,
-                      max_new_tokens=args.max_new_tokens,
+                      max_new_tokens=decoding.max_new_tokens,
                       pointing={"auto": None, "on": True, "off": False}[args.pointing], threads=args.threads,
                       progress=not args.no_progress,
-                      extra={"events_per_item": args.events_per_item} if hasattr(args, "events_per_item") else {})
+                      extra={"events_per_item": args.events_per_item} if hasattr(args, "events_per_item") else {},
+                      decoding=decoding)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,20 +12,20 @@ import argparse
 import random
 import time
 
-from .args import existing_file, output_dir, positive_int
+from ..decoding import add_decoding_arguments, decoding_from_args
+from .args import existing_file, output_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="checkpoint directory or hub id (default: a tiny untrained local model)")
     parser.add_argument("--image", type=existing_file, help="image file (default: a generated scene of coloured shapes)")
     parser.add_argument("--question", default="Subtract all red things. How many objects are left?")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=48)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--official-prompt", action="store_true",
-                        help="append the official 'long-chain reasoning' instruction to the question")
+    parser.add_argument("--seed", type=int, default=0, help="the generated scene, the tiny model's weights and "
+                        "the sampling seed (with --do-sample)")
     parser.add_argument("--out", type=output_dir, help="also write answer.html and answer_overlay.png here (the "
                                                        "copied regions drawn on the image, as the demo does)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text (for scripts)")
+    add_decoding_arguments(parser, max_new_tokens=48, seed=False)  # --official-prompt: an alias of --official-suffix
 
 
 def _scene(seed: int):
@@ -44,8 +44,9 @@ def _scene(seed: int):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from pointcopy.inference import OFFICIAL_SUFFIX, generate
+    from pointcopy.inference import generate
 
+    decoding = decoding_from_args(args, echo=None if args.json else print)  # --json: stdout is the JSON only
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
     if args.model:
@@ -70,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         image = _scene(args.seed)
     n_params = sum(p.numel() for p in model.parameters())
-    result = generate(model, processor, [args.question], [[image]], max_new_tokens=args.max_new_tokens,
-                      suffix=OFFICIAL_SUFFIX if args.official_prompt else "")[0]
+    result = generate(model, processor, [args.question], [[image]], max_new_tokens=decoding.max_new_tokens,
+                      suffix=decoding.suffix, seed=decoding.seed_for(), **decoding.generate_kwargs())[0]
     answer = result.grounded()  # boxes in the original image's pixels
     regions = [{"object": None if r.obj_id is None else f"<obj{r.obj_id}>", "query": r.query,
                 "cells": len(r.cells), "box": None if r.box is None else [round(v, 1) for v in r.box]}

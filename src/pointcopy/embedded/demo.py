@@ -60,9 +60,11 @@ def summarize_trace(text: str) -> str:
 
 def run_demo(out_dir: str | Path = ".", seed: int | None = None, image_path: str | None = None,
              question: str | None = None, model_dir: str | Path | None = None, max_new_tokens: int = 640,
-             threads: int = 2, echo=print) -> DemoResult:
+             threads: int = 2, echo=print, decoding=None) -> DemoResult:
     """Answer one question and render it. Everything a user typed (image, question, output folder, model path,
-    numbers) is checked before the model loads; a problem raises ValueError / FileNotFoundError naming it."""
+    numbers) is checked before the model loads; a problem raises ValueError / FileNotFoundError naming it.
+    `decoding` (`decoding.DecodingOptions`; default greedy): its suffix is appended to the question sent, and with
+    sampling the scene seed seeds it unless it has a seed of its own (`max_new_tokens` is this function's)."""
     import torch
 
     from ..data.shapes.build import make_item
@@ -71,6 +73,7 @@ def run_demo(out_dir: str | Path = ".", seed: int | None = None, image_path: str
     from ..images import open_rgb
     from transformers import StoppingCriteriaList
 
+    from ..decoding import DecodingOptions, with_seed
     from ..inference import RepeatedPointerStop, generate
     from ..model import PointCopyForConditionalGeneration
     from ..model.convert import check_model_source
@@ -101,6 +104,7 @@ def run_demo(out_dir: str | Path = ".", seed: int | None = None, image_path: str
         if question is None:
             question, expected = item.question.text, item.question.answer
     processor.check_user_text(question)
+    decoding = with_seed(decoding or DecodingOptions(), seed)
     warnings = []
     if image_path:  # the picture as the user gave it, before it is fitted to the vision tower
         from .input_check import world_warning
@@ -118,8 +122,9 @@ def run_demo(out_dir: str | Path = ".", seed: int | None = None, image_path: str
     hf_logging.disable_progress_bar()  # a weight-loading bar for a 5 MB model is noise to a demo user
     model = PointCopyForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
     runaway = RepeatedPointerStop(processor.copy_token_start)
-    gen = generate(model, processor, [question], [[image]], max_new_tokens=max_new_tokens,
-                   stopping_criteria=StoppingCriteriaList([runaway]))[0]
+    gen = generate(model, processor, [question], [[image]], max_new_tokens=max_new_tokens, suffix=decoding.suffix,
+                   seed=decoding.seed_for(), stopping_criteria=StoppingCriteriaList([runaway]),
+                   **decoding.generate_kwargs())[0]
     if runaway.stopped:
         warnings.append(runaway.message)
     answer = gen.grounded()  # located on the layout generate used (gen.slot_map), not a re-run processor

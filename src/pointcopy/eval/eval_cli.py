@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from pointcopy.commands.args import nonnegative_int, output_dir, positive_int
+from pointcopy.decoding import DecodingOptions, add_decoding_arguments, decoding_from_args
 from pointcopy.eval import data, registry, runner, score_cli
 from pointcopy.eval.registry import BenchmarkSpec
 
@@ -30,30 +31,27 @@ def add_arguments(p) -> None:
     p.add_argument("--split", default=None, help=registry.split_help())
     p.add_argument("--limit", type=nonnegative_int, default=None, help="only the first N items of the split")
     p.add_argument("--batch-size", type=positive_int, default=8)
-    p.add_argument("--max-new-tokens", type=positive_int, default=1024)
     p.add_argument("--prompt", default=None, help=registry.prompt_help())
     kind = p.add_mutually_exclusive_group()
     kind.add_argument("--baseline-qwen", action="store_true", help="run a plain transformers Qwen2.5-VL")
     kind.add_argument("--no-pointing", action="store_true", help="load the pointcopy model with pointing disabled")
-    p.add_argument("--official-suffix", action="store_true", help="append the official v1 'long-chain reasoning' "
-                   "instruction to every prompt")
-    p.add_argument("--dtype", choices=runner.DTYPES, default="auto", help="model dtype (auto: the checkpoint's)")
+    p.add_argument("--dtype", choices=runner.DTYPES, default=None, help="model dtype (default auto: the "
+                   "checkpoint's; --preset official: float16 on CUDA)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-score", action="store_true", help="generate only")
     p.add_argument("--rank-timeout", type=float, default=7 * 24 * 3600,
                    help="under torchrun / accelerate: how long rank 0 waits for the other ranks' items (seconds)")
+    add_decoding_arguments(p, max_new_tokens=1024)
     score_cli.add_scoring_arguments(p, only=score_cli.EVAL_SCORING_OPTIONS)  # as in `pointcopy score`
 
 
-def _settings(args, split: str, prompt: str, kind: str) -> dict:
-    """What determines the predictions: a resume must match all of it."""
-    from pointcopy.inference import OFFICIAL_SUFFIX
-
+def _settings(args, split: str, prompt: str, kind: str, decoding: DecodingOptions) -> dict:
+    """What determines the predictions: a resume must match all of it (`runner.check_run_json`)."""
     model = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
     return {"benchmark": args.benchmark, "split": split, "model": model, "model_kind": kind, "prompt": prompt,
-            "suffix": OFFICIAL_SUFFIX if args.official_suffix else "", "max_new_tokens": args.max_new_tokens,
-            "dtype": args.dtype, "decoding": "greedy"}
+            "suffix": decoding.suffix, "max_new_tokens": decoding.max_new_tokens, "dtype": decoding.dtype,
+            **decoding.settings()}
 
 
 def _info(args, model, device: str) -> dict:
@@ -106,9 +104,11 @@ def run(args) -> int:
     import torch
 
     from pointcopy.files import DirLock, LockedError
+    from pointcopy.ranks import local_device, rank_and_world
 
     kind = "baseline-qwen" if args.baseline_qwen else "pointcopy-no-pointing" if args.no_pointing else "pointcopy"
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    ranks = rank_and_world()
+    device = args.device or (local_device() if ranks is not None else "cuda" if torch.cuda.is_available() else "cpu")
     lock = None
     try:
         spec = registry.get(args.benchmark)
@@ -117,20 +117,18 @@ def run(args) -> int:
         prompt = spec.check_prompt_mode(args.prompt)  # --prompt, or the benchmark's default
         if args.limit is not None and args.limit < 0:
             raise ValueError(f"--limit must be >= 0, got {args.limit}")
-        if args.batch_size < 1 or args.max_new_tokens < 1:
-            raise ValueError("--batch-size and --max-new-tokens must be >= 1")
-        settings = _settings(args, bench.split, prompt, kind)
-        from pointcopy.ranks import rank_and_world
-
-        ranks = rank_and_world()
+        if args.batch_size < 1:
+            raise ValueError("--batch-size must be >= 1")
+        decoding = decoding_from_args(args, device=device)
+        settings = _settings(args, bench.split, prompt, kind, decoding)
         if ranks is not None:  # under torchrun / accelerate launch: this rank's batches, then rank 0 merges
-            return _run_rank(args, spec, bench, prompt, settings, kind, ranks)
+            return _run_rank(args, spec, bench, prompt, settings, kind, ranks, decoding, device)
         # one run per directory: a second `pointcopy eval` into it would interleave its lines with ours
         lock = DirLock(args.out, "pointcopy eval").acquire()
         # refuse a mismatched directory before spending minutes loading a model
         if (args.out / runner.RUN_JSON).is_file():
             runner.check_run_json(args.out, settings, {})
-        model, processor = runner.load_model(args.model, kind, args.dtype, device)
+        model, processor = runner.load_model(args.model, kind, decoding.dtype, device)
         resuming = runner.check_run_json(args.out, settings, _info(args, model, device))
     except (OSError, ValueError, LockedError) as exc:
         if lock is not None:
@@ -138,7 +136,7 @@ def run(args) -> int:
         print(f"pointcopy eval: {exc}", file=sys.stderr)
         return 2
     try:
-        return _generate_and_score(args, spec, bench, model, processor, prompt, settings, resuming)
+        return _generate_and_score(args, spec, bench, model, processor, prompt, decoding, resuming)
     finally:
         lock.release()
 
@@ -146,16 +144,14 @@ def run(args) -> int:
 RANKS_DIR = "ranks"
 
 
-def _run_rank(args, spec: BenchmarkSpec, bench, prompt, settings, kind, ranks) -> int:
+def _run_rank(args, spec: BenchmarkSpec, bench, prompt, settings, kind, ranks, decoding, device) -> int:
     """One rank of a multi-process eval. Batches are cut from the items in benchmark order and dealt round-robin
     (`runner.run_generation(shard=...)`), so every batch is the one a single process forms; each rank appends to
     OUT/ranks/R-of-N/predictions.jsonl (resumable, under its own lock); rank 0 waits until every item is in some
     rank's file, writes OUT/predictions.jsonl in benchmark order and scores it as a one-process run would."""
     from pointcopy.files import DirLock, dumps, write_atomic
-    from pointcopy.ranks import local_device
 
     rank, world = ranks
-    device = args.device or local_device()
     item_ids = list(bench.items)[: args.limit]
     items = {k: bench.items[k] for k in item_ids}
     rank_dir = args.out / RANKS_DIR / f"{rank}-of-{world}"
@@ -163,12 +159,11 @@ def _run_rank(args, spec: BenchmarkSpec, bench, prompt, settings, kind, ranks) -
     with DirLock(rank_dir, f"pointcopy eval rank {rank}"):
         if (rank_dir / runner.RUN_JSON).is_file():
             runner.check_run_json(rank_dir, settings, {})
-        model, processor = runner.load_model(args.model, kind, args.dtype, device)
+        model, processor = runner.load_model(args.model, kind, decoding.dtype, device)
         runner.check_run_json(rank_dir, settings, _info(args, model, device))
         stats = runner.run_generation(model, processor, spec, items, rank_dir, prompt_mode=prompt,
-                                      suffix=settings["suffix"], batch_size=args.batch_size,
-                                      max_new_tokens=args.max_new_tokens, progress=not args.no_progress and rank == 0,
-                                      shard=(rank, world))
+                                      batch_size=args.batch_size, progress=not args.no_progress and rank == 0,
+                                      shard=(rank, world), decoding=decoding)
     print(f"rank {rank}/{world}: generated {stats.generated} items in {stats.seconds:.1f} s, {stats.skipped} "
           f"already done", file=sys.stderr)
     if rank != 0:
@@ -195,12 +190,11 @@ def _run_rank(args, spec: BenchmarkSpec, bench, prompt, settings, kind, ranks) -
         return _score(args, spec, bench, f" ({world} ranks{', resumed' if resuming else ''})")
 
 
-def _generate_and_score(args, spec: BenchmarkSpec, bench, model, processor, prompt, settings, resuming) -> int:
+def _generate_and_score(args, spec: BenchmarkSpec, bench, model, processor, prompt, decoding, resuming) -> int:
     item_ids = list(bench.items)[: args.limit]
     items = {k: bench.items[k] for k in item_ids}
     stats = runner.run_generation(model, processor, spec, items, args.out, prompt_mode=prompt,
-                                  suffix=settings["suffix"], batch_size=args.batch_size,
-                                  max_new_tokens=args.max_new_tokens, progress=not args.no_progress)
+                                  batch_size=args.batch_size, progress=not args.no_progress, decoding=decoding)
     print(f"generated {stats.generated} items in {stats.seconds:.1f} s ({stats.items_per_second:.2f} items/s), "
           f"{stats.errors} recorded with errors, {stats.skipped} already done" + (" (resumed)" if resuming else ""),
           file=sys.stderr)

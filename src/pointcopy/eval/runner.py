@@ -1,4 +1,6 @@
-"""Benchmark generation runner: items -> prompts + images -> batched greedy generation -> `predictions.jsonl`.
+"""Benchmark generation runner: items -> prompts + images -> batched generation -> `predictions.jsonl`.
+
+Decoding: greedy by default; `run_generation(decoding=...)` takes the commands' `decoding.DecodingOptions`.
 
     OUTDIR/run.json           settings that determine the predictions (compared on resume) + informational fields
     OUTDIR/predictions.jsonl  one line per item, appended, flushed and fsync'd after every batch
@@ -67,13 +69,22 @@ def load_images(item: dict, item_id: str) -> list:
 
 
 # --------------------------------------------------------------------------------------------- run.json
+def legacy_settings(run: dict) -> dict:
+    """Settings an older run.json did not record, as that run had them: it decoded greedily with the checkpoint's
+    generation_config, so its repetition penalty is the one recorded there (1.0 when none). A resume with equal
+    values is allowed."""
+    generation_config = (run.get("info") or {}).get("generation_config") or {}
+    return {"repetition_penalty": generation_config.get("repetition_penalty", 1.0)}
+
+
 def check_run_json(out_dir: Path, settings: dict, info: dict) -> bool:
     """Write run.json for a new run, or verify an existing one; True when resuming. Raises RunMismatch."""
     path = out_dir / RUN_JSON
     if path.is_file():
         try:
-            old = json.loads(path.read_text(encoding="utf-8"))["settings"]
-        except (ValueError, KeyError, TypeError) as exc:
+            run = json.loads(path.read_text(encoding="utf-8"))
+            old = {**legacy_settings(run), **run["settings"]}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise RunMismatch(f"{path}: unreadable run.json ({exc}); use a new --out directory") from None
         diffs = [f"{k}: run.json has {old.get(k)!r}, this run has {settings.get(k)!r}"
                  for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
@@ -200,13 +211,17 @@ class RunStats:
 def run_generation(model, processor, benchmark: str | BenchmarkSpec, items: dict[str, dict], out_dir: Path, *,
                    prompt_mode: str | None = None, suffix: str = "", batch_size: int = 8, max_new_tokens: int = 1024,
                    progress: bool = True, generate_kwargs: dict | None = None,
-                   shard: tuple[int, int] | None = None) -> RunStats:
+                   shard: tuple[int, int] | None = None, decoding=None) -> RunStats:
     """Generate for every item of `items` (id -> item, benchmark order) not yet in OUTDIR/predictions.jsonl;
     `benchmark` is a registered name or a spec, `prompt_mode` one of its prompt modes (default: its default).
 
-    `shard=(rank, world)`: the items are cut into batches in benchmark order and batch k goes to rank k mod world,
-    so every batch holds exactly the items (and padding) a one-process run gives it, and a merge of the ranks'
-    files equals the one-process file item for item. A resumed rank cuts the same batches."""
+    `decoding` (a `decoding.DecodingOptions`) gives the suffix, max_new_tokens and the decoding kwargs in place of
+    `suffix` / `max_new_tokens` / `generate_kwargs`; with sampling, each batch is seeded from the seed and its
+    first item id (`DecodingOptions.seed_for`), so a batch samples the same ids on any rank or after a resume.
+
+    `shard=(rank, world)`: the items are cut into batches in benchmark order and batch k goes to rank k mod world
+    so every batch holds exactly the items (and padding) a one-process run gives it, and a
+    merge of the ranks' files equals the one-process file item for item. A resumed rank cuts the same batches."""
     from tqdm import tqdm
 
     from pointcopy.inference import generate
@@ -215,6 +230,9 @@ def run_generation(model, processor, benchmark: str | BenchmarkSpec, items: dict
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     spec = benchmark if isinstance(benchmark, BenchmarkSpec) else registry.get(benchmark)
     prompt_mode = spec.check_prompt_mode(prompt_mode)
+    if decoding is not None:
+        suffix, max_new_tokens = decoding.suffix, decoding.max_new_tokens
+        generate_kwargs = {**decoding.generate_kwargs(), **(generate_kwargs or {})}
     id_key = spec.id_key
     log = PredictionLog(out_dir / PREDICTIONS, id_key)
     done = log.load()
@@ -258,7 +276,8 @@ def run_generation(model, processor, benchmark: str | BenchmarkSpec, items: dict
                 gen_ids.append(k)
             if gen_ids:
                 try:
-                    gens = generate(model, processor, questions, images, max_new_tokens=max_new_tokens,
+                    seed = decoding.seed_for(str(ids[0])) if decoding is not None else None
+                    gens = generate(model, processor, questions, images, max_new_tokens=max_new_tokens, seed=seed,
                                     **(generate_kwargs or {}))
                 except Exception as exc:
                     raise RuntimeError(f"generation failed for the batch of items {gen_ids}: {exc}") from exc

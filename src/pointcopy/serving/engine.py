@@ -96,6 +96,16 @@ class PointCopyEngine:
                        max_num_seqs=max_num_seqs, max_model_len=max_model_len, dtype=dtype, seed=seed,
                        enforce_eager=(not cuda) if enforce_eager is None else enforce_eager, **llm_kwargs)
 
+    def close(self) -> None:
+        """Stop vLLM's engine processes now (otherwise they stop when the interpreter exits)."""
+        self.llm.llm_engine.engine_core.shutdown()
+
+    def __enter__(self) -> "PointCopyEngine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def sampling_params(self, max_new_tokens: int, **kwargs):
         """vLLM SamplingParams; greedy unless `temperature` > 0 is given. Token ids come back undetokenized:
         pointer ids have no tokenizer entry (`tokens.decode_with_pointers` renders them)."""
@@ -107,8 +117,16 @@ class PointCopyEngine:
     def generate_ids(self, prompts: list[tuple[list[int], list]], max_new_tokens: int = 256, *,
                      use_tqdm: bool = False, **sampling) -> list[list[int]]:
         """prompts: (token ids, PIL images in order) -> generated ids per prompt (eos included when generated), in
-        prompt order. An image's `<|image_pad|>` may be one token or already expanded to its run (as our processor
-        gives it): vLLM's processor expands each image's single placeholder itself, so runs are collapsed first."""
+        prompt order. Sampling keywords go to vLLM's SamplingParams (greedy by default)."""
+        outputs = self.generate_outputs(prompts, max_new_tokens, use_tqdm=use_tqdm, **sampling)
+        return [list(o.outputs[0].token_ids) for o in outputs]
+
+    def generate_outputs(self, prompts: list[tuple[list[int], list]], max_new_tokens: int = 256, *,
+                         use_tqdm: bool = False, **sampling):
+        """As `generate_ids`, returning vLLM's RequestOutputs (logprobs and the like included).
+
+        An image's `<|image_pad|>` may be one token or already expanded to its run (as our processor gives it):
+        vLLM's processor expands each image's single placeholder itself, so runs are collapsed first."""
         inputs = []
         for n, (ids, images) in enumerate(prompts):
             ids = collapse_image_runs([int(i) for i in ids], self.image_token_id)
@@ -120,8 +138,7 @@ class PointCopyEngine:
             if images:
                 item["multi_modal_data"] = {"image": list(images) if len(images) > 1 else images[0]}
             inputs.append(item)
-        outputs = self.llm.generate(inputs, self.sampling_params(max_new_tokens, **sampling), use_tqdm=use_tqdm)
-        return [list(o.outputs[0].token_ids) for o in outputs]
+        return self.llm.generate(inputs, self.sampling_params(max_new_tokens, **sampling), use_tqdm=use_tqdm)
 
 
 def collapse_image_runs(ids: list[int], image_token_id: int) -> list[int]:

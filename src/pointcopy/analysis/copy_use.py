@@ -320,8 +320,10 @@ def _compare(a: dict, b: dict, layers) -> dict:
 
 
 # ---- the command -----------------------------------------------------------------------------------------------
-def run_copy_use(opts: RunOptions, echo=print) -> dict:
+def run_copy_use(opts: RunOptions, echo=print) -> dict | None:
     items, runs = analyse_models(opts, _summarise(opts.layers), analysis="copy-use", echo=echo, needs_copies=True)
+    if runs is None:  # another rank's share: rank 0 writes the report
+        return None
     if not any(r.rows for r in runs):
         names = ", ".join(f"{r.name} ({r.spec.path})" for r in runs)
         reasons = [s.get("reason", "") for r in runs for s in r.skipped]

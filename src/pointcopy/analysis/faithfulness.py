@@ -525,13 +525,15 @@ def aggregate(runs, items_order: list[str]) -> dict:
 
 
 # ---- the command --------------------------------------------------------------------------------------------------
-def run_faithfulness(opts: RunOptions, echo=print) -> dict:
+def run_faithfulness(opts: RunOptions, echo=print) -> dict | None:
     if opts.traces != "generated":
         raise ValueError("faithfulness reruns the model's own generation: use generated traces")
     if opts.decoding.do_sample:
         raise ValueError("faithfulness compares greedy continuations after a swap with the baseline trace: "
                          "--do-sample is not supported (a sampled difference would not be the swap's)")
     items, runs = analyse_models(opts, _summarise(opts), echo=echo, needs_copies=True, analysis="faithfulness")
+    if runs is None:  # another rank's share: rank 0 writes the report
+        return None
     if not any(r.rows for r in runs):
         raise ValueError("no model copies: every analysed trace of every model has no pointer token (pointing off, "
                          "or a model that never learnt to point), so there is nothing to swap or to score; see "

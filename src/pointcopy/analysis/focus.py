@@ -240,8 +240,10 @@ def _compare(a: dict, b: dict, layers) -> dict:
 
 
 # ---- the command ------------------------------------------------------------------------------------------------
-def run_focus(opts: RunOptions, echo=print) -> dict:
+def run_focus(opts: RunOptions, echo=print) -> dict | None:
     items, runs = analyse_models(opts, _summarise(opts.layers), analysis="focus", echo=echo)
+    if runs is None:  # another rank's share: rank 0 writes the report
+        return None
     result = aggregate(runs, [it.id for it in items])
     result["items"] = opts.items
     result["traces"] = opts.traces

@@ -7,6 +7,14 @@ compared with. Each model gets OUT/models/<label>-<n>/ holding `model.json` (whi
 one there, or another analysis, is refused), `traces.jsonl` (its generated traces), `items.jsonl` (one summary per analysed item) and
 `skipped.jsonl` (items that could not be analysed, with the field and reason). Both JSONL files are appended batch
 by batch, so a killed run resumes where it stopped, without losing or repeating an item.
+
+Under torchrun / accelerate launch (`RunOptions.ranks`), the items are cut into batches in order and batch k goes
+to rank k mod N (`ranks.shard_batches`, as `pointcopy eval` does), for generation and analysis alike: each batch
+holds the items a one-process run gives it. Each rank works in OUT/models/<label>-<n>/ranks/R-of-N/ (the same
+files, resumable, its own model.json); rank 0, after its own share of every model, waits until every item is in
+some rank's items.jsonl or skipped.jsonl (`ranks.wait_for_items`), writes the model's traces.jsonl, items.jsonl,
+skipped.jsonl and model.json in item order (the bytes one process writes), and goes on to the report; the other
+ranks return None. A one-process run's files are not read by ranks, nor the reverse.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import numpy as np
 
 from ..decoding import DecodingOptions
 from ..files import write_atomic
+from ..ranks import DEFAULT_RANK_TIMEOUT
 from .items import AnalysisItem, ItemError, load_items
 from .traces import ModelInfo, Traced, generate_traces, given_trace_ids, load_model, read_jsonl_rows, traced
 
@@ -62,6 +71,9 @@ class RunOptions:
     progress: bool = True
     extra: dict = field(default_factory=dict)
     decoding: DecodingOptions = field(default_factory=DecodingOptions)  # all but its max_new_tokens (the one above)
+    device: str | None = None  # None: where the model loads (the CPU)
+    ranks: tuple[int, int] | None = None  # (rank, world) under torchrun: this rank's share, rank 0 merges
+    rank_timeout: float = DEFAULT_RANK_TIMEOUT  # how long rank 0 waits for the other ranks' items (seconds)
 
 
 @dataclass
@@ -90,11 +102,13 @@ def model_dirs(opts: RunOptions) -> list[tuple[ModelSpec, str]]:
 
 def analyse_models(opts: RunOptions, summarise: Callable[[list[Traced], object, object, ModelInfo], list[dict]],
                    *, echo=print, needs_copies: bool = False, analysis: str = "analysis"
-                   ) -> tuple[list[AnalysisItem], list[ModelRun]]:
+                   ) -> tuple[list[AnalysisItem], list[ModelRun] | None]:
     """Run `summarise(batch of Traced, model, processor, info) -> one row per item` for every model on every item.
 
     `needs_copies`: an item whose trace has no copy is skipped (recorded) instead of summarised. `analysis` names
-    the analysis: a folder holding another analysis' rows is refused (its rows would be read as this one's)."""
+    the analysis: a folder holding another analysis' rows is refused (its rows would be read as this one's).
+    Under `opts.ranks`: this rank's share of every model; then rank 0 merges (see the module docstring) and the
+    other ranks get None for the runs."""
     if not opts.models:
         raise ValueError("no --model given")
     if opts.traces not in ("generated", "given"):
@@ -103,36 +117,63 @@ def analyse_models(opts: RunOptions, summarise: Callable[[list[Traced], object, 
     if not items:
         reasons = "; ".join(str(e) for e in item_errors[:3])
         raise ValueError(f"{opts.items}: no usable item" + (f" ({reasons})" if reasons else ""))
-    for e in item_errors:
-        echo(f"skipped: {e}")
+    if opts.ranks is None or opts.ranks[0] == 0:
+        for e in item_errors:
+            echo(f"skipped: {e}")
+    started = time.perf_counter()
     runs = []
     for spec, name in model_dirs(opts):
-        runs.append(_analyse_model(opts, spec, name, items, item_errors, summarise, echo, needs_copies, analysis))
-    return items, runs
+        folder = Path(opts.out) / "models" / name
+        if opts.ranks is not None:
+            folder = folder / RANKS_DIR / f"{opts.ranks[0]}-of-{opts.ranks[1]}"
+        runs.append(_analyse_model(opts, spec, name, folder, items, item_errors, summarise, echo, needs_copies,
+                                   analysis))
+    if opts.ranks is None:
+        return items, runs
+    if opts.ranks[0] != 0:
+        return items, None
+    return items, [_merge_ranks(opts, run, items, item_errors, started) for run in runs]
+
+
+RANKS_DIR = "ranks"
+
+
+def _meta(opts: RunOptions, spec: ModelSpec, analysis: str) -> dict:
+    """What a model's rows depend on: a folder holding rows made otherwise is refused."""
+    meta = {"analysis": analysis, "label": spec.label, "path": str(spec.path), "traces": opts.traces,
+            "pointing": opts.pointing, "max_new_tokens": opts.max_new_tokens,
+            "decoding": {**opts.decoding.settings(), "suffix": opts.decoding.suffix}}
+    if opts.extra:  # an analysis' own settings (e.g. faithfulness' events per item): rows made with others differ
+        meta["extra"] = dict(opts.extra)
+    return meta
 
 
 # model.json written before the decoding flags existed: greedy, no penalty passed, no suffix
 LEGACY_META = {"decoding": {"decoding": "greedy", "repetition_penalty": 1.0, "suffix": ""}}
 
 
-def _analyse_model(opts, spec, name, items, item_errors, summarise, echo, needs_copies, analysis) -> ModelRun:
-    from tqdm.auto import tqdm
-
-    folder = Path(opts.out) / "models" / name
-    folder.mkdir(parents=True, exist_ok=True)
-    meta = {"analysis": analysis, "label": spec.label, "path": str(spec.path), "traces": opts.traces,
-            "pointing": opts.pointing, "max_new_tokens": opts.max_new_tokens,
-            "decoding": {**opts.decoding.settings(), "suffix": opts.decoding.suffix}}
-    if opts.extra:  # an analysis' own settings (e.g. faithfulness' events per item): rows made with others differ
-        meta["extra"] = dict(opts.extra)
+def _check_meta(folder: Path, meta: dict) -> None:
     meta_file = folder / "model.json"
     if meta_file.is_file():
         before = json.loads(meta_file.read_text())
         before = {k: before.get(k, LEGACY_META.get(k)) for k in meta}
         if before != meta:
             raise ValueError(f"{folder} holds an analysis of {before}, not {meta}: use another --out")
+
+
+def _analyse_model(opts, spec, name, folder, items, item_errors, summarise, echo, needs_copies, analysis) -> ModelRun:
+    from tqdm.auto import tqdm
+
+    from ..ranks import shard_batches
+
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = _meta(opts, spec, analysis)
+    meta_file = folder / "model.json"
+    _check_meta(folder, meta)
+    if opts.ranks is not None:  # the folder rank 0 merges into must not hold another analysis either
+        _check_meta(Path(opts.out) / "models" / name, meta)
     started = time.perf_counter()
-    model, processor, info = load_model(spec.path, opts.pointing, opts.threads)
+    model, processor, info = load_model(spec.path, opts.pointing, opts.threads, device=opts.device)
     write_atomic(meta_file, json.dumps({**meta, "model": info.to_dict()}, indent=1))
     echo(f"{name}: {spec.path} ({info.model_type}, pointing {'on' if info.pointing_enabled else 'off'})")
     errors: list[ItemError] = list(item_errors)
@@ -140,18 +181,20 @@ def _analyse_model(opts, spec, name, items, item_errors, summarise, echo, needs_
     if opts.traces == "generated":
         traces = generate_traces(model, processor, items, folder / "traces.jsonl", max_new_tokens=opts.max_new_tokens,
                                  batch_size=max(opts.batch_size, 1), progress=opts.progress, errors=errors,
-                                 decoding=opts.decoding)
+                                 decoding=opts.decoding, shard=opts.ranks)
     rows_file = folder / "items.jsonl"
     rows = read_jsonl_rows(rows_file)
     skipped_file = folder / "skipped.jsonl"
     skipped = read_jsonl_rows(skipped_file) if skipped_file.exists() else {}
-    todo = [it for it in items if it.id not in rows and it.id not in skipped]
+    by_id = {it.id: it for it in items}
+    batches, total = shard_batches([it.id for it in items], opts.batch_size, opts.ranks,
+                                   done=rows.keys() | skipped.keys())
     with rows_file.open("a", encoding="utf-8") as fh, skipped_file.open("a", encoding="utf-8") as sk, \
-            tqdm(total=len(items), initial=len(items) - len(todo), desc=f"analyse {name}", unit="item",
+            tqdm(total=total, initial=total - sum(map(len, batches)), desc=f"analyse {name}", unit="item",
                  disable=not opts.progress) as bar:
-        for lo in range(0, len(todo), opts.batch_size):
+        for ids in batches:
             batch = []
-            for it in todo[lo:lo + opts.batch_size]:
+            for it in (by_id[i] for i in ids):
                 try:
                     if opts.traces == "generated":
                         if it.id not in traces:
@@ -160,8 +203,8 @@ def _analyse_model(opts, spec, name, items, item_errors, summarise, echo, needs_
                         t = traced(processor, it, row["ids"], text=row["text"], finished=row["finished"],
                                    suffix=suffix)
                     else:
-                        ids = given_trace_ids(processor, it, info.render)
-                        t = traced(processor, it, ids, text=processor.decode(ids), suffix=suffix)
+                        given = given_trace_ids(processor, it, info.render)
+                        t = traced(processor, it, given, text=processor.decode(given), suffix=suffix)
                     if t.steps < 2:
                         raise ItemError(it.id, "trace", f"{t.steps} trace token(s): nothing to analyse")
                     if needs_copies and not t.copy_events():
@@ -174,12 +217,50 @@ def _analyse_model(opts, spec, name, items, item_errors, summarise, echo, needs_
                     rows[row["id"]] = row
                     fh.write(json.dumps(row) + "\n")
                 fh.flush()
-            bar.update(len(todo[lo:lo + opts.batch_size]))
-        for e in errors:
+            bar.update(len(ids))
+        order = {it.id: n for n, it in enumerate(items)}
+        for e in sorted(errors, key=lambda e: order.get(e.item_id, -1)):  # load errors first, then in item order
             if e.item_id not in skipped:
                 skipped[e.item_id] = e.to_dict()
                 sk.write(json.dumps(e.to_dict()) + "\n")
     return ModelRun(spec, name, info, rows, list(skipped.values()), round(time.perf_counter() - started, 1))
+
+
+def _merge_ranks(opts: RunOptions, run: ModelRun, items: list[AnalysisItem], item_errors: list[ItemError],
+                 started: float) -> ModelRun:
+    """Rank 0: wait for every rank's rows of `run`'s model, then write OUT/models/<name>/ as one process does."""
+    from ..ranks import wait_for_items
+
+    world = opts.ranks[1]
+    folder = Path(opts.out) / "models" / run.name
+    shards = [folder / RANKS_DIR / f"{k}-of-{world}" for k in range(world)]
+    ids = [it.id for it in items]
+
+    def read(name: str) -> dict[str, dict]:
+        rows: dict[str, dict] = {}
+        for shard in shards:
+            rows.update(read_jsonl_rows(shard / name, read_only=True))
+        return rows
+
+    def read_done() -> dict[str, dict]:
+        return {**read("items.jsonl"), **read("skipped.jsonl")}
+
+    _, missing = wait_for_items(read_done, ids, opts.rank_timeout)
+    if missing:
+        raise ValueError(f"{run.name}: {len(missing)} items never appeared in the ranks' files under "
+                         f"{folder / RANKS_DIR} (first: {missing[:3]}); rerun the same command to finish them")
+    rows, skipped = read("items.jsonl"), read("skipped.jsonl")
+    order = [e.item_id for e in item_errors] + ids
+    lines = {"items.jsonl": [rows[i] for i in ids if i in rows],
+             "skipped.jsonl": [skipped[i] for i in dict.fromkeys(order) if i in skipped]}
+    if opts.traces == "generated":
+        traces = read("traces.jsonl")
+        lines["traces.jsonl"] = [traces[i] for i in ids if i in traces]
+    for name, rows_of in lines.items():
+        write_atomic(folder / name, "".join(json.dumps(r) + "\n" for r in rows_of))
+    write_atomic(folder / "model.json", (shards[0] / "model.json").read_text())
+    return ModelRun(run.spec, run.name, run.info, {r["id"]: r for r in lines["items.jsonl"]}, lines["skipped.jsonl"],
+                    round(time.perf_counter() - started, 1))
 
 
 def paired_indices(ids_a: list[str], ids_b: list[str]) -> tuple[list[str], list[int], list[int]]:

@@ -3,7 +3,7 @@
     load_model(path)                 our / official v1 / base Qwen-VL checkpoints through one class; pointing off
                                      for a base checkpoint (it never learnt to point)
     generate_traces(...)             the model's traces (greedy unless `decoding` says otherwise), one JSON line
-                                     per item (resumable)
+                                     per item (resumable; `shard`: one rank's batches)
     traced(processor, item, ...)     -> Traced: prompt ids (as `inference.generate` builds them) + trace ids,
                                      pixel values, the item's SlotMap and where its image tokens are
     given_trace_ids(...)             an item's own trace (a v1g record's, rendered as the model was trained to
@@ -177,12 +177,18 @@ def given_trace_ids(processor, item: AnalysisItem, render: dict) -> list[int]:
     raise ItemError(item.id, "trace", "no given trace (a v1g record or a \"trace\" field): use generated traces")
 
 
-def read_jsonl_rows(path: Path) -> dict[str, dict]:
-    """Rows of a resumable JSONL file by id (a torn last line, from a killed run, is dropped first)."""
+def read_jsonl_rows(path: Path, read_only: bool = False) -> dict[str, dict]:
+    """Rows of a resumable JSONL file by id (a torn last line, from a killed run, is dropped first). `read_only`:
+    another process may be appending: a last line without its newline is left out, the file untouched."""
     rows: dict[str, dict] = {}
     if path.exists():
-        drop_partial_last_line(path)
-        for line in path.read_text(encoding="utf-8").splitlines():
+        if read_only:
+            text = path.read_bytes().decode("utf-8", errors="replace")
+            lines = text.split("\n")[:-1]  # the part after the last newline is not a whole line yet
+        else:
+            drop_partial_last_line(path)
+            lines = path.read_text(encoding="utf-8").splitlines()
+        for line in lines:
             if line.strip():
                 row = json.loads(line)
                 rows[row["id"]] = row
@@ -191,26 +197,29 @@ def read_jsonl_rows(path: Path) -> dict[str, dict]:
 
 @torch.no_grad()
 def generate_traces(model, processor, items: list[AnalysisItem], out_file: Path, *, max_new_tokens: int,
-                    batch_size: int = 16, progress: bool = True, errors: list | None = None,
-                    decoding=None) -> dict[str, dict]:
+                    batch_size: int = 16, progress: bool = True, errors: list | None = None, decoding=None,
+                    shard: tuple[int, int] | None = None) -> dict[str, dict]:
     """Traces {id: {"id", "text", "ids", "finished"}}, appended to `out_file` batch by batch; items already there
     are not generated again. Items whose images cannot be read go to `errors` (ItemError) and are skipped.
     `decoding` (`decoding.DecodingOptions`, default greedy): suffix and decoding kwargs (its max_new_tokens is
-    this function's); with sampling each batch is seeded from the seed and its first item id."""
+    this function's); with sampling each batch is seeded from the seed and its first item id. `shard=(rank,
+    world)`: only this rank's batches (`ranks.shard_batches`)."""
     from tqdm.auto import tqdm
 
     from ..decoding import DecodingOptions
     from ..inference import generate
+    from ..ranks import shard_batches
 
     decoding = decoding or DecodingOptions()
     out_file = Path(out_file)
     done = read_jsonl_rows(out_file)
-    todo = [it for it in items if it.id not in done]
-    with out_file.open("a", encoding="utf-8") as fh, tqdm(total=len(items), initial=len(items) - len(todo),
+    by_id = {it.id: it for it in items}
+    batches, total = shard_batches([it.id for it in items], batch_size, shard, done)
+    with out_file.open("a", encoding="utf-8") as fh, tqdm(total=total, initial=total - sum(map(len, batches)),
                                                           desc="generate", unit="item", disable=not progress) as bar:
-        for lo in range(0, len(todo), batch_size):
+        for ids in batches:
             chunk, images = [], []
-            for it in todo[lo:lo + batch_size]:
+            for it in (by_id[i] for i in ids):
                 try:
                     images.append(it.images())
                     chunk.append(it)
@@ -220,11 +229,11 @@ def generate_traces(model, processor, items: list[AnalysisItem], out_file: Path,
             if chunk:
                 gens = generate(model, processor, [it.question for it in chunk], images,
                                 max_new_tokens=max_new_tokens, suffix=decoding.suffix,
-                                seed=decoding.seed_for(str(todo[lo].id)), **decoding.generate_kwargs())
+                                seed=decoding.seed_for(str(ids[0])), **decoding.generate_kwargs())
                 for it, g in zip(chunk, gens):
                     row = {"id": it.id, "text": g.text, "ids": g.ids, "finished": g.finished}
                     done[it.id] = row
                     fh.write(json.dumps(row) + "\n")
                 fh.flush()
-            bar.update(len(todo[lo:lo + batch_size]))
+            bar.update(len(ids))
     return done

@@ -7,6 +7,12 @@ Items: a shapes split directory, a v1g file, or a simple JSONL of image + questi
 (`pointcopy.analysis.items`). Models: `LABEL=PATH` (repeat a label for seeds of one condition; the first label is
 compared with the others) or `PATH`. Writes OUT/<analysis>.json, .md and .png figures; per model, resumable
 per-item files under OUT/models/.
+
+Under torchrun / accelerate launch each rank generates and analyses every N-th batch of items into
+OUT/models/<model>/ranks/R-of-N/ (resumable); rank 0 merges them in item order into the files one process writes,
+then writes the report (`analysis.run.analyse_models`):
+
+    torchrun --nproc-per-node 8 -m pointcopy.cli analyze focus --items ... --model ... --out OUT
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 
 from ..decoding import add_decoding_arguments, decoding_from_args
+from ..ranks import add_rank_timeout_argument
 from .args import output_dir, positive_int
 
 ANALYSES = {
@@ -61,21 +68,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="pointer logits at generation (auto: the checkpoint's setting, off for base checkpoints)")
         p.add_argument("--threads", type=positive_int,
                        help="torch CPU threads (on a machine busy with other jobs, 1 is much faster than 2)")
+        p.add_argument("--device", help="torch device (default: cpu; under torchrun / accelerate: cuda:LOCAL_RANK "
+                       "when CUDA is there, else cpu)")
+        add_rank_timeout_argument(p)
         p.add_argument("--no-progress", action="store_true")
         add_decoding_arguments(p, max_new_tokens=640)
 
 
 def options(args):
     from pointcopy.analysis.run import RunOptions
+    from pointcopy.ranks import local_device, rank_and_world
 
-    decoding = decoding_from_args(args, echo=print)  # the report goes to stdout too
+    ranks = rank_and_world()
+    device = args.device or (local_device() if ranks is not None else None)
+    decoding = decoding_from_args(args, device=device, echo=print)  # the report goes to stdout too
     return RunOptions(items=args.items, out=args.out, models=args.models, limit=args.limit, layers=args.layers,
                       traces=getattr(args, "traces", "generated"), batch_size=args.batch_size,
                       max_new_tokens=decoding.max_new_tokens,
                       pointing={"auto": None, "on": True, "off": False}[args.pointing], threads=args.threads,
-                      progress=not args.no_progress,
+                      progress=not args.no_progress and (ranks is None or ranks[0] == 0),
                       extra={"events_per_item": args.events_per_item} if hasattr(args, "events_per_item") else {},
-                      decoding=decoding)
+                      decoding=decoding, device=device, ranks=ranks, rank_timeout=args.rank_timeout)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,18 +100,21 @@ def run(args: argparse.Namespace) -> int:
     if args.analysis == "focus":
         from pointcopy.analysis.focus import run_focus
 
-        run_focus(opts)
+        result = run_focus(opts)
         report = Path(opts.out) / "focus.md"
     elif args.analysis == "copy-use":
         from pointcopy.analysis.copy_use import run_copy_use
 
-        run_copy_use(opts)
+        result = run_copy_use(opts)
         report = Path(opts.out) / "copy_use.md"
     else:
         from pointcopy.analysis.faithfulness import run_faithfulness
 
-        run_faithfulness(opts)
+        result = run_faithfulness(opts)
         report = Path(opts.out) / "faithfulness.md"
+    if result is None:  # a rank other than 0: its share is done, rank 0 merges and writes the report
+        print(f"rank {opts.ranks[0]}/{opts.ranks[1]}: share done in {time.perf_counter() - started:.0f} s")
+        return 0
     print(report.read_text())
     print(f"wrote {report.parent} in {time.perf_counter() - started:.0f} s")
     return 0

@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 from pointcopy.commands.args import nonnegative_int, output_dir, positive_int
 from pointcopy.decoding import DecodingOptions, add_decoding_arguments, decoding_from_args
 from pointcopy.eval import data, registry, runner, score_cli
 from pointcopy.eval.registry import BenchmarkSpec
+from pointcopy.ranks import add_rank_timeout_argument
 
 
 def add_arguments(p) -> None:
@@ -40,8 +40,7 @@ def add_arguments(p) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-score", action="store_true", help="generate only")
-    p.add_argument("--rank-timeout", type=float, default=7 * 24 * 3600,
-                   help="under torchrun / accelerate: how long rank 0 waits for the other ranks' items (seconds)")
+    add_rank_timeout_argument(p)
     add_decoding_arguments(p, max_new_tokens=1024)
     score_cli.add_scoring_arguments(p, only=score_cli.EVAL_SCORING_OPTIONS)  # as in `pointcopy score`
 
@@ -150,6 +149,7 @@ def _run_rank(args, spec: BenchmarkSpec, bench, prompt, settings, kind, ranks, d
     OUT/ranks/R-of-N/predictions.jsonl (resumable, under its own lock); rank 0 waits until every item is in some
     rank's file, writes OUT/predictions.jsonl in benchmark order and scores it as a one-process run would."""
     from pointcopy.files import DirLock, dumps, write_atomic
+    from pointcopy.ranks import wait_for_items
 
     rank, world = ranks
     item_ids = list(bench.items)[: args.limit]
@@ -170,16 +170,14 @@ def _run_rank(args, spec: BenchmarkSpec, bench, prompt, settings, kind, ranks, d
         return 0
     logs = [runner.PredictionLog(args.out / RANKS_DIR / f"{k}-of-{world}" / runner.PREDICTIONS, spec.id_key)
             for k in range(world)]
-    rows: dict[str, dict] = {}
-    deadline = time.monotonic() + args.rank_timeout
-    while True:  # the other ranks' files grow as they go: read without truncating, until every item is there
-        rows = {}
+
+    def read() -> dict[str, dict]:  # the other ranks' files grow as they go: read without truncating
+        rows: dict[str, dict] = {}
         for log in logs:
             rows.update(log.load(read_only=True))
-        missing = [k for k in item_ids if k not in rows]
-        if not missing or time.monotonic() > deadline:
-            break
-        time.sleep(1.0)
+        return rows
+
+    rows, missing = wait_for_items(read, item_ids, args.rank_timeout)
     if missing:
         print(f"pointcopy eval: {len(missing)} items never appeared in the ranks' files (first: {missing[:3]}); "
               f"rerun the same command to finish them", file=sys.stderr)

@@ -220,11 +220,12 @@ def run_generation(model, processor, benchmark: str | BenchmarkSpec, items: dict
     first item id (`DecodingOptions.seed_for`), so a batch samples the same ids on any rank or after a resume.
 
     `shard=(rank, world)`: the items are cut into batches in benchmark order and batch k goes to rank k mod world
-    so every batch holds exactly the items (and padding) a one-process run gives it, and a
+    (`ranks.shard_batches`), so every batch holds exactly the items (and padding) a one-process run gives it, and a
     merge of the ranks' files equals the one-process file item for item. A resumed rank cuts the same batches."""
     from tqdm import tqdm
 
     from pointcopy.inference import generate
+    from pointcopy.ranks import shard_batches
 
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
@@ -236,18 +237,8 @@ def run_generation(model, processor, benchmark: str | BenchmarkSpec, items: dict
     id_key = spec.id_key
     log = PredictionLog(out_dir / PREDICTIONS, id_key)
     done = log.load()
-    if shard is None:
-        pending = [k for k in items if k not in done]
-        batches = [pending[i:i + batch_size] for i in range(0, len(pending), batch_size)]
-        total = len(items)
-    else:
-        rank, world = shard
-        ordered = list(items)
-        mine = [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)][rank::world]
-        batches = [[k for k in b if k not in done] for b in mine]
-        batches = [b for b in batches if b]
-        total = sum(len(b) for b in mine)
-        pending = [k for b in batches for k in b]
+    batches, total = shard_batches(list(items), batch_size, shard, done)
+    pending = [k for b in batches for k in b]
     stats = RunStats(total=total, skipped=total - len(pending), generated=0, errors=0, seconds=0.0)
     bar = tqdm(total=total, initial=stats.skipped, unit="item", desc=spec.name, disable=not progress,
                dynamic_ncols=True, smoothing=0.1)

@@ -53,6 +53,27 @@ from .heads import PointerHeads
 from .loss import point_copy_loss
 from .memory import CopyMemory, PointCopyCache
 
+# transformers renamed the decoders' `past_key_values` argument and output field to `cache` (5.20+); vLLM's
+# environment pins an older 5.x, so the adapters pass the cache under whichever name the installed release takes.
+CACHE_NAMES = ("cache", "past_key_values")
+
+
+def decoder_cache_kwarg(decoder_forward) -> str:
+    """The keyword under which `decoder_forward` takes its KV cache."""
+    import inspect
+
+    params = inspect.signature(decoder_forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def output_cache(out):
+    """The KV cache of a decoder output, whatever the installed transformers calls the field."""
+    for name in CACHE_NAMES:
+        value = getattr(out, name, None)
+        if value is not None:
+            return value
+    return None
+
 
 @dataclass
 class PointCopyOutput(ModelOutput):
@@ -303,7 +324,7 @@ class PointCopyMixin:
         h = hidden[:, -logits_to_keep:] if isinstance(logits_to_keep, int) and logits_to_keep else hidden
         logits = self.combine_logits(h, memory)
 
-        result = PointCopyOutput(logits=logits, cache=out.cache if use_cache else None,
+        result = PointCopyOutput(logits=logits, cache=output_cache(out) if use_cache else None,
                                  hidden_states=getattr(out, "hidden_states", None),
                                  attentions=getattr(out, "attentions", None), copy_memory=memory,
                                  rope_deltas=rope_deltas)
@@ -339,9 +360,10 @@ class PointCopyMixin:
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
-        cache = model_kwargs.get("cache")
-        if type(cache) is DynamicCache and not getattr(cache, "_is_user_defined", False):
-            model_kwargs["cache"] = PointCopyCache(config=self.config.get_text_config(decoder=True))
+        for name in CACHE_NAMES:  # the name generate uses depends on the transformers release
+            cache = model_kwargs.get(name)
+            if type(cache) is DynamicCache and not getattr(cache, "_is_user_defined", False):
+                model_kwargs[name] = PointCopyCache(config=self.config.get_text_config(decoder=True))
 
     def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None,
                                       **model_kwargs):

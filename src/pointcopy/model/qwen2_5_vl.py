@@ -15,7 +15,8 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 from ..layout import tokens_per_image
 from .config import PointCopyConfig
 from .convert import OFFICIAL_KEY_MAPPING, QWEN_KEY_MAPPING, register_adapter
-from .core import PointCopyMixin, VisualFeatures, images_per_sample, text_positions  # noqa: F401 (re-export)
+from .core import (PointCopyMixin, VisualFeatures, decoder_cache_kwarg, images_per_sample,  # noqa: F401 (re-export)
+                   text_positions)
 from .patch_embed import MatmulPatchEmbed
 
 
@@ -61,6 +62,13 @@ class QwenVLHooks:
     def _vocab_logits(self, hidden):
         return self.lm_head(hidden)
 
+    def _cache_kwarg(self) -> str:
+        """`cache` or `past_key_values`: what the installed transformers' text decoder calls its KV cache."""
+        name = self.__dict__.get("_decoder_cache_kwarg")
+        if name is None:
+            name = self.__dict__["_decoder_cache_kwarg"] = decoder_cache_kwarg(self.model.language_model.forward)
+        return name
+
 
 class PointCopyForConditionalGeneration(QwenVLHooks, PointCopyMixin, Qwen2_5_VLForConditionalGeneration):
     config_class = PointCopyConfig
@@ -85,7 +93,8 @@ class PointCopyForConditionalGeneration(QwenVLHooks, PointCopyMixin, Qwen2_5_VLF
         if layer_inputs:
             raise ValueError("Qwen2.5-VL takes no per-layer visual inputs")
         return self.model.language_model(input_ids=None, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                         position_ids=position_ids, cache=cache, use_cache=use_cache, **kwargs)
+                                         position_ids=position_ids, use_cache=use_cache,
+                                         **{self._cache_kwarg(): cache}, **kwargs)
 
 
 register_adapter(PointCopyForConditionalGeneration)

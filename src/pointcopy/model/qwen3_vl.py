@@ -69,7 +69,8 @@ class PointCopyQwen3VLForConditionalGeneration(QwenVLHooks, PointCopyMixin, Qwen
         if layer_inputs:
             kwargs.update(visual_pos_masks=visual_mask, deepstack_visual_embeds=list(layer_inputs))
         return self.model.language_model(input_ids=None, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                         position_ids=position_ids, cache=cache, use_cache=use_cache, **kwargs)
+                                         position_ids=position_ids, use_cache=use_cache,
+                                         **{self._cache_kwarg(): cache}, **kwargs)
 
 
 register_adapter(PointCopyQwen3VLForConditionalGeneration)

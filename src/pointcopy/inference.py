@@ -104,36 +104,54 @@ class RepeatedPointerStop:
                 f"input unlike its training data)")
 
 
+def prepare_batch(processor, questions: list[str], images: list[list], suffix: str = ""):
+    """One chat turn per question, with that sample's images first (as in the official demo) -> the processor's
+    left-padded `PointCopyBatch` (its `slot_maps` give each sample's image layout)."""
+    if len(questions) != len(images):
+        raise ValueError(f"{len(questions)} questions but {len(images)} image lists")
+    texts = [prompt_text(processor, q + suffix, len(imgs), what=f"question {n}" if len(questions) > 1 else "question")
+             for n, (q, imgs) in enumerate(zip(questions, images))]
+    return processor(texts, [to_rgb(im) for imgs in images for im in imgs])
+
+
+def end_of_turn_ids(eos_token_id, processor) -> set[int]:
+    """Ids that end an answer: the generation config's eos (an id, a list or None) and `<|im_end|>`."""
+    eos = set(eos_token_id if isinstance(eos_token_id, (list, tuple)) else
+              [eos_token_id] if eos_token_id is not None else [])
+    eos.add(processor.tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    return eos
+
+
+def to_generations(processor, slot_maps, new_ids, eos: set[int]) -> list[Generation]:
+    """Generated ids per sample (any engine; pointer ids included) -> `Generation`s, cut at the first end-of-turn
+    id, with pointers decoded as `<|copy_k|>` and located on the sample's `slot_map`."""
+    results = []
+    start = processor.copy_token_start
+    for layout, row in zip(slot_maps, new_ids):
+        ids = [int(i) for i in row]
+        stop = next((t for t, i in enumerate(ids) if i in eos), None)
+        ids = ids[:stop] if stop is not None else ids
+        cells = [PointedCell(i - start, *layout.locate(i - start)) for i in ids if i - start in layout]
+        results.append(Generation(processor.decode(ids), ids, cells, finished=stop is not None, slot_map=layout))
+    return results
+
+
 @torch.no_grad()
 def generate(model, processor, questions: list[str], images: list[list], max_new_tokens: int = 256,
              suffix: str = "", seed: int | None = None, **generate_kwargs) -> list[Generation]:
     """One chat turn per question, with that sample's images first (as in the official demo). Greedy unless
     `do_sample=True` is passed; `seed` seeds torch's generators right before generating (the same seed, inputs and
-    batch sample the same ids). Decoding kwargs for the commands' flags: `decoding.DecodingOptions`."""
-    if len(questions) != len(images):
-        raise ValueError(f"{len(questions)} questions but {len(images)} image lists")
+    batch sample the same ids). Decoding kwargs for the commands' flags: `decoding.DecodingOptions`. vLLM serving
+    has the same call: `serving.engine.PointCopyEngine.generate`."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     check_layout(model, processor)
-    texts = [prompt_text(processor, q + suffix, len(imgs), what=f"question {n}" if len(questions) > 1 else "question")
-             for n, (q, imgs) in enumerate(zip(questions, images))]
-    flat = [to_rgb(im) for imgs in images for im in imgs]
-    batch = processor(texts, flat).to(model.device)
+    batch = prepare_batch(processor, questions, images, suffix).to(model.device)
     check_length(model, batch["input_ids"].shape[1], max_new_tokens)
     generate_kwargs.setdefault("do_sample", False)
     if seed is not None:
         torch.manual_seed(seed)
     out = model.generate(**batch, max_new_tokens=max_new_tokens, **generate_kwargs)
     new = out[:, batch["input_ids"].shape[1]:]
-    eos = model.generation_config.eos_token_id
-    eos = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
-    eos.add(processor.tokenizer.convert_tokens_to_ids("<|im_end|>"))
-    results = []
-    start = processor.copy_token_start
-    for b, layout in enumerate(batch.slot_maps):
-        ids = [int(i) for i in new[b]]
-        stop = next((t for t, i in enumerate(ids) if i in eos), None)
-        ids = ids[:stop] if stop is not None else ids
-        cells = [PointedCell(i - start, *layout.locate(i - start)) for i in ids if i - start in layout]
-        results.append(Generation(processor.decode(ids), ids, cells, finished=stop is not None, slot_map=layout))
-    return results
+    eos = end_of_turn_ids(model.generation_config.eos_token_id, processor)
+    return to_generations(processor, batch.slot_maps, new.tolist(), eos)

@@ -8,6 +8,7 @@ tests are skipped locally and fail under CI.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -167,3 +168,44 @@ def test_official_oracle_case_b_ids_and_raw_logits(run):
         for token, logit in top.items():
             worst = max(worst, abs(logit - float(case["scores"][step, 0, int(token)])))
     assert worst < 1e-5, worst
+
+
+def _eval_in_vllm_env(python: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    from conftest import benchmarks_dir
+
+    args = ["eval", "mathvision", "--model", str(SHAPES), "--data", str(benchmarks_dir() / "mathvision"),
+            "--split", "testmini", "--limit", "6", "--batch-size", "4", "--max-new-tokens", "48", "--no-progress",
+            "--no-score", "--out", str(out), *extra]
+    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING", "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([str(python), "-m", "pointcopy.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=900)
+
+
+def test_eval_engine_vllm_writes_the_transformers_predictions(tmp_path):
+    """`pointcopy eval --engine vllm` on real benchmark images (resized, up to 242 image tokens, batched 4 at a
+    time) writes what the transformers engine writes, in the same environment."""
+    python = vllm_python()
+    hf = _eval_in_vllm_env(python, tmp_path / "hf")
+    assert hf.returncode == 0, hf.stderr[-3000:]
+    vl = _eval_in_vllm_env(python, tmp_path / "vllm", "--engine", "vllm")
+    assert vl.returncode == 0, vl.stderr[-3000:]
+    timing = {"batch_seconds"}
+    rows = [[{k: v for k, v in json.loads(line).items() if k not in timing}
+             for line in (tmp_path / run / "predictions.jsonl").read_text().splitlines()] for run in ("hf", "vllm")]
+    assert len(rows[0]) == 6 and sum(r["n_copies"] for r in rows[0]) > 0
+    assert rows[1] == rows[0]
+    info = json.loads((tmp_path / "vllm" / "run.json").read_text())["info"]
+    assert info["engine"] == "vllm" and "vllm" in info["versions"]
+
+
+def test_eval_engine_vllm_without_vllm_says_how_to_get_it(tmp_path, capsys):
+    """In the main environment (no vLLM) the command stops before loading anything, naming the setup script."""
+    pytest.importorskip("torch")
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is importable here")
+    from conftest import benchmarks_dir
+    from pointcopy.cli import main as cli_main
+
+    code = cli_main(["eval", "mathvision", "--model", str(SHAPES), "--data", str(benchmarks_dir() / "mathvision"),
+                     "--limit", "1", "--out", str(tmp_path / "o"), "--engine", "vllm", "--no-progress"])
+    assert code == 2 and "scripts/setup_vllm" in capsys.readouterr().err

@@ -38,6 +38,9 @@ def add_arguments(p) -> None:
     p.add_argument("--dtype", choices=runner.DTYPES, default=None, help="model dtype (default auto: the "
                    "checkpoint's; --preset official: float16 on CUDA)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--engine", choices=runner.ENGINES, default="transformers",
+                   help="generate with transformers (default) or vLLM (run from .venv-vllm, made by "
+                        "scripts/setup_vllm; --batch-size requests run concurrently)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-score", action="store_true", help="generate only")
     add_rank_timeout_argument(p)
@@ -54,16 +57,24 @@ def _settings(args, split: str, prompt: str, kind: str, decoding: DecodingOption
 
 
 def _info(args, model, device: str) -> dict:
-    """Recorded for the reader, not compared on resume (batch size and device may change after an OOM)."""
+    """Recorded for the reader, not compared on resume (batch size, device and engine may change)."""
     import torch
     import transformers
 
     import pointcopy
 
+    versions = {"pointcopy": getattr(pointcopy, "__version__", None), "torch": torch.__version__,
+                "transformers": transformers.__version__, "python": platform.python_version()}
+    engine = getattr(args, "engine", "transformers")
+    if engine == "vllm":
+        import vllm
+
+        versions["vllm"] = vllm.__version__
+        generation_config = {"eos_token_id": model.eos_token_id}
+    else:
+        generation_config = model.generation_config.to_diff_dict()
     return {"batch_size": args.batch_size, "device": device, "limit": args.limit, "data": str(args.data.resolve()),
-            "generation_config": model.generation_config.to_diff_dict(), "command": sys.argv,
-            "versions": {"pointcopy": getattr(pointcopy, "__version__", None), "torch": torch.__version__,
-                         "transformers": transformers.__version__, "python": platform.python_version()}}
+            "engine": engine, "generation_config": generation_config, "command": sys.argv, "versions": versions}
 
 
 def score_run(args, spec: BenchmarkSpec, bench: data.Benchmark, rows: list[dict]) -> tuple[int, int, int]:
@@ -120,6 +131,9 @@ def run(args) -> int:
             raise ValueError("--batch-size must be >= 1")
         decoding = decoding_from_args(args, device=device)
         settings = _settings(args, bench.split, prompt, kind, decoding)
+        if ranks is not None and args.engine == "vllm":
+            raise ValueError("--engine vllm runs one engine per command (vLLM batches the requests itself); start "
+                             "it without torchrun, or run one eval per GPU with --limit/--split")
         if ranks is not None:  # under torchrun / accelerate launch: this rank's batches, then rank 0 merges
             return _run_rank(args, spec, bench, prompt, settings, kind, ranks, decoding, device)
         # one run per directory: a second `pointcopy eval` into it would interleave its lines with ours
@@ -127,7 +141,10 @@ def run(args) -> int:
         # refuse a mismatched directory before spending minutes loading a model
         if (args.out / runner.RUN_JSON).is_file():
             runner.check_run_json(args.out, settings, {})
-        model, processor = runner.load_model(args.model, kind, decoding.dtype, device)
+        if args.engine == "vllm":
+            model, processor = runner.load_engine(args.model, kind, decoding.dtype or "auto", args.batch_size)
+        else:
+            model, processor = runner.load_model(args.model, kind, decoding.dtype, device)
         resuming = runner.check_run_json(args.out, settings, _info(args, model, device))
     except (OSError, ValueError, LockedError) as exc:
         if lock is not None:
@@ -191,8 +208,14 @@ def _run_rank(args, spec: BenchmarkSpec, bench, prompt, settings, kind, ranks, d
 def _generate_and_score(args, spec: BenchmarkSpec, bench, model, processor, prompt, decoding, resuming) -> int:
     item_ids = list(bench.items)[: args.limit]
     items = {k: bench.items[k] for k in item_ids}
-    stats = runner.run_generation(model, processor, spec, items, args.out, prompt_mode=prompt,
-                                  batch_size=args.batch_size, progress=not args.no_progress, decoding=decoding)
+    generator = model.generate if args.engine == "vllm" else None  # PointCopyEngine.generate
+    try:
+        stats = runner.run_generation(model, processor, spec, items, args.out, prompt_mode=prompt,
+                                      batch_size=args.batch_size, progress=not args.no_progress, decoding=decoding,
+                                      generator=generator)
+    finally:
+        if generator is not None:
+            model.close()
     print(f"generated {stats.generated} items in {stats.seconds:.1f} s ({stats.items_per_second:.2f} items/s), "
           f"{stats.errors} recorded with errors, {stats.skipped} already done" + (" (resumed)" if resuming else ""),
           file=sys.stderr)

@@ -194,6 +194,29 @@ def load_model(path: str, kind: str, dtype: str = "auto", device: str = "cpu"):
     return model, processor  # inference.generate moves each batch to model.device
 
 
+ENGINES = ("transformers", "vllm")
+
+
+def load_engine(path: str, kind: str, dtype: str = "auto", max_num_seqs: int = 8):
+    """(PointCopyEngine, processor) for `--engine vllm` (vLLM's environment, `scripts/setup_vllm`)."""
+    from pointcopy.model.convert import check_model_source
+    from pointcopy.processing import PointCopyProcessor
+
+    if kind == "baseline-qwen":
+        raise ValueError("--engine vllm serves point-and-copy checkpoints; run a plain Qwen2.5-VL with vLLM itself")
+    check_model_source(path)
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise ValueError("--engine vllm needs vLLM, which this environment lacks; make its environment with "
+                         "scripts/setup_vllm and run .venv-vllm/bin/pointcopy")
+    from pointcopy.serving.engine import PointCopyEngine
+
+    overrides = {"hf_overrides": {"pointing_enabled": False}} if kind == "pointcopy-no-pointing" else {}
+    engine = PointCopyEngine(path, max_num_seqs=max_num_seqs, dtype=dtype, **overrides)
+    return engine, PointCopyProcessor.from_pretrained(path, copy_token_start=engine.copy_token_start)
+
+
 # --------------------------------------------------------------------------------------------- the run
 @dataclass
 class RunStats:
@@ -211,7 +234,7 @@ class RunStats:
 def run_generation(model, processor, benchmark: str | BenchmarkSpec, items: dict[str, dict], out_dir: Path, *,
                    prompt_mode: str | None = None, suffix: str = "", batch_size: int = 8, max_new_tokens: int = 1024,
                    progress: bool = True, generate_kwargs: dict | None = None,
-                   shard: tuple[int, int] | None = None, decoding=None) -> RunStats:
+                   shard: tuple[int, int] | None = None, decoding=None, generator=None) -> RunStats:
     """Generate for every item of `items` (id -> item, benchmark order) not yet in OUTDIR/predictions.jsonl;
     `benchmark` is a registered name or a spec, `prompt_mode` one of its prompt modes (default: its default).
 
@@ -219,13 +242,20 @@ def run_generation(model, processor, benchmark: str | BenchmarkSpec, items: dict
     `suffix` / `max_new_tokens` / `generate_kwargs`; with sampling, each batch is seeded from the seed and its
     first item id (`DecodingOptions.seed_for`), so a batch samples the same ids on any rank or after a resume.
 
+    `generator(processor, questions, images, max_new_tokens=, seed=, **decoding)` -> `Generation`s replaces
+    `inference.generate(model, ...)`, e.g. `serving.engine.PointCopyEngine.generate` (`model` is then unused).
+
     `shard=(rank, world)`: the items are cut into batches in benchmark order and batch k goes to rank k mod world
     (`ranks.shard_batches`), so every batch holds exactly the items (and padding) a one-process run gives it, and a
     merge of the ranks' files equals the one-process file item for item. A resumed rank cuts the same batches."""
     from tqdm import tqdm
 
+    from functools import partial
+
     from pointcopy.inference import generate
     from pointcopy.ranks import shard_batches
+
+    generator = generator or partial(generate, model)
 
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
@@ -268,8 +298,8 @@ def run_generation(model, processor, benchmark: str | BenchmarkSpec, items: dict
             if gen_ids:
                 try:
                     seed = decoding.seed_for(str(ids[0])) if decoding is not None else None
-                    gens = generate(model, processor, questions, images, max_new_tokens=max_new_tokens, seed=seed,
-                                    **(generate_kwargs or {}))
+                    gens = generator(processor, questions, images, max_new_tokens=max_new_tokens, seed=seed,
+                                     **(generate_kwargs or {}))
                 except Exception as exc:
                     raise RuntimeError(f"generation failed for the batch of items {gen_ids}: {exc}") from exc
                 dt = time.perf_counter() - t0

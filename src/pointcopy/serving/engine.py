@@ -63,6 +63,16 @@ def cpu_kv_cache_bytes(config: dict, max_num_seqs: int, max_model_len: int | Non
     return max(need, 256 << 20)
 
 
+def checkpoint_dtype(config: dict) -> str:
+    """The dtype a config.json records (`dtype`, or the older `torch_dtype`), "auto" if none."""
+    text = config.get("text_config") or {}
+    for d in (config, text):
+        for key in ("dtype", "torch_dtype"):
+            if isinstance(d.get(key), str):
+                return d[key]
+    return "auto"
+
+
 def check_tokenizer(model_dir: Path) -> None:
     if not any((model_dir / f).is_file() for f in TOKENIZER_FILES):
         raise ValueError(f"{model_dir}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); vLLM's Qwen2.5-VL "
@@ -84,6 +94,7 @@ class PointCopyEngine:
         config = read_config_dict(self.model_dir)
         self.copy_token_start = int(config["copy_token_start"])
         self.image_token_id = int(config["image_token_id"])
+        self.eos_token_id = _eos_token_id(self.model_dir, config)
         cuda = torch.cuda.is_available()
         for fixed in ("worker_cls", "enable_prefix_caching"):
             if fixed in llm_kwargs:
@@ -91,6 +102,8 @@ class PointCopyEngine:
         if not cuda and "kv_cache_memory_bytes" not in llm_kwargs and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
             # vLLM's CPU default reserves 92% of the machine's memory for the KV cache; size it from the work instead
             llm_kwargs["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(config, max_num_seqs, max_model_len)
+        if dtype == "auto":  # vLLM's own "auto" downcasts float32 checkpoints to bfloat16; ours means the file's
+            dtype = checkpoint_dtype(config)
         self.llm = LLM(model=str(self.model_dir), worker_cls=GPU_WORKER if cuda else WORKER,
                        enable_prefix_caching=False, limit_mm_per_prompt={"image": max_images, "video": 0},
                        max_num_seqs=max_num_seqs, max_model_len=max_model_len, dtype=dtype, seed=seed,
@@ -113,6 +126,22 @@ class PointCopyEngine:
 
         kwargs.setdefault("temperature", 0.0)
         return SamplingParams(max_tokens=max_new_tokens, detokenize=False, **kwargs)
+
+    def generate(self, processor, questions: list[str], images: list[list], max_new_tokens: int = 256,
+                 suffix: str = "", seed: int | None = None, **generate_kwargs):
+        """`inference.generate` on vLLM: the same prompts (our processor builds them), the same decoding keywords
+        (`decoding.DecodingOptions.generate_kwargs()`), the same `Generation`s. Sampling draws from vLLM's
+        generator (`seed` per request), so sampled ids differ from transformers' for the same seed; greedy ids
+        are the same (tests/serving)."""
+        from ..inference import end_of_turn_ids, prepare_batch, to_generations
+
+        batch = prepare_batch(processor, questions, images, suffix)
+        prompts = [(ids[mask.bool()].tolist(), [im.convert("RGB") for im in imgs])
+                   for ids, mask, imgs in zip(batch["input_ids"], batch["attention_mask"], images)]
+        eos = end_of_turn_ids(self.eos_token_id, processor)
+        rows = self.generate_ids(prompts, max_new_tokens, stop_token_ids=sorted(eos),
+                                 **sampling_from_generate_kwargs(generate_kwargs, seed))
+        return to_generations(processor, batch.slot_maps, rows, eos)
 
     def generate_ids(self, prompts: list[tuple[list[int], list]], max_new_tokens: int = 256, *,
                      use_tqdm: bool = False, **sampling) -> list[list[int]]:
@@ -139,6 +168,30 @@ class PointCopyEngine:
                 item["multi_modal_data"] = {"image": list(images) if len(images) > 1 else images[0]}
             inputs.append(item)
         return self.llm.generate(inputs, self.sampling_params(max_new_tokens, **sampling), use_tqdm=use_tqdm)
+
+
+def sampling_from_generate_kwargs(kwargs: dict, seed: int | None = None) -> dict:
+    """transformers `generate` decoding keywords -> vLLM SamplingParams keywords (greedy unless do_sample)."""
+    kwargs = dict(kwargs)
+    unknown = set(kwargs) - {"do_sample", "temperature", "top_p", "top_k", "repetition_penalty"}
+    if unknown:
+        raise ValueError(f"decoding options {sorted(unknown)} have no vLLM counterpart here")
+    out = {"repetition_penalty": float(kwargs.get("repetition_penalty") or 1.0)}
+    if kwargs.get("do_sample"):
+        out.update(temperature=float(kwargs.get("temperature", 1.0)), top_p=float(kwargs.get("top_p") or 1.0),
+                   top_k=int(kwargs.get("top_k") or 0), seed=seed)
+    else:
+        out["temperature"] = 0.0
+    return out
+
+
+def _eos_token_id(model_dir: Path, config: dict):
+    path = model_dir / "generation_config.json"
+    if path.is_file():
+        eos = json.loads(path.read_text()).get("eos_token_id")
+        if eos is not None:
+            return eos
+    return config.get("eos_token_id") or (config.get("text_config") or {}).get("eos_token_id")
 
 
 def collapse_image_runs(ids: list[int], image_token_id: int) -> list[int]:

@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("pointcopy.eval.eval_cli", "generate on a benchmark with a model (resumable), then score the run"),
     "analyze": ("pointcopy.commands.analyze", "attention and faithfulness analyses: focus decay, copy use, copy swaps"),
     "ground": ("pointcopy.commands.ground", "boxes for object descriptions by attention contrast (Algorithm 1), with IoU"),
+    "serve": ("pointcopy.commands.serve", "OpenAI-compatible server (vLLM) for a point-and-copy checkpoint; needs "
+              "scripts/setup_vllm"),
     "pipeline": ("pointcopy.commands.pipeline", "build v1g training data from text-only reasoning traces "
                  "(decompose, filter, ground)"),
 }

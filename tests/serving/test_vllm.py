@@ -209,3 +209,83 @@ def test_eval_engine_vllm_without_vllm_says_how_to_get_it(tmp_path, capsys):
     code = cli_main(["eval", "mathvision", "--model", str(SHAPES), "--data", str(benchmarks_dir() / "mathvision"),
                      "--limit", "1", "--out", str(tmp_path / "o"), "--engine", "vllm", "--no-progress"])
     assert code == 2 and "scripts/setup_vllm" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _chat(port: int, question: str, image_path: Path) -> dict:
+    import base64
+    import urllib.request
+
+    url = "data:image/png;base64," + base64.b64encode(image_path.read_bytes()).decode()
+    body = {"model": "shapes-tiny", "max_tokens": STEPS, "temperature": 0, "skip_special_tokens": False,
+            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                                      {"type": "text", "text": question}]}]}
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=300) as response:
+        return json.loads(response.read())
+
+
+def test_serve_answers_chat_requests_as_generate_does(tmp_path):
+    """`pointcopy serve`: two concurrent OpenAI chat requests with different scenes get the text our `generate`
+    writes (pointers as <|copy_k|>), and `copied_regions` locates its pointers as `Generation.cells` does."""
+    import time
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pointcopy.data.shapes.build import make_item
+    from pointcopy.data.shapes.scene import render
+    from pointcopy.embedded.demo import DEMO_SEED
+    from pointcopy.embedded.recipe import load_recipe
+    from pointcopy.inference import generate
+    from pointcopy.model import PointCopyForConditionalGeneration
+    from pointcopy.processing import PointCopyProcessor
+    from pointcopy.serving.client import copied_regions
+
+    python, port = vllm_python(), _free_port()
+    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING", "PYTHONPATH": str(REPO / "src"),
+           "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen([str(python), "-m", "pointcopy.cli", "serve", str(SHAPES), "--port", str(port),
+                               "--max-num-seqs", "4"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        scenes = load_recipe(SHAPES).scenes
+        items = [make_item(DEMO_SEED, s, scenes) for s in (3, 4)]
+        images = [render(item.scene) for item in items]
+        for n, image in enumerate(images):
+            image.save(tmp_path / f"{n}.png")
+        model = PointCopyForConditionalGeneration.from_pretrained(SHAPES).eval()
+        processor = PointCopyProcessor.from_pretrained(SHAPES)
+        expected = generate(model, processor, [i.question.text for i in items], [[im] for im in images],
+                            max_new_tokens=STEPS)
+        deadline = time.time() + 300
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-4000:]
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+                break
+            except OSError:
+                assert time.time() < deadline, "server did not come up"
+                time.sleep(2)
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda n: _chat(port, items[n].question.text, tmp_path / f"{n}.png"), range(2)))
+        for answer, gen, image in zip(answers, expected, images):
+            text = answer["choices"][0]["message"]["content"]
+            assert text == gen.text
+            assert gen.cells
+            assert [(r["pointer"], r["image"], r["row"], r["col"]) for r in copied_regions(text, [image], processor)] \
+                == [(c.slot, c.image, c.row, c.col) for c in gen.cells]
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 from ..model.convert import config_from_official, read_config_dict
@@ -29,28 +30,62 @@ GPU_WORKER = "pointcopy.serving.vllm_worker.PointCopyGPUWorker"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
 
 
-def served_model_dir(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
-    """The folder vLLM loads: `path` itself for pointcopy checkpoints, a converted view for official v1 ones."""
+def served_model_dir(path: str | os.PathLike, pointer_tokens: bool = False,
+                     cache_dir: str | os.PathLike | None = None) -> Path:
+    """The folder vLLM loads: `path` itself for a pointcopy checkpoint, else a view (a folder of links to the
+    checkpoint's files under ~/.cache/pointcopy/vllm-views) holding what differs:
+
+    * official v1 checkpoints: the converted config.json;
+    * `pointer_tokens`: a tokenizer with `<|copy_k|>` added at ids copy_token_start + k (k < copy_token_num), so
+      vLLM's detokenizer writes pointers into response text (the OpenAI server). Plain, not special, tokens:
+      responses keep them with skip_special_tokens. The checkpoint's own tokenizer must end right before
+      copy_token_start, as Qwen's does (151,665)."""
     path = Path(path)
     d = read_config_dict(path)
-    if d.get("model_type") == "pointcopy":
-        return path
-    if d.get("model_type") != "v1":
+    if d.get("model_type") not in ("pointcopy", "v1"):
         raise ValueError(f"{path}: config.json model_type {d.get('model_type')!r}; vLLM serving takes pointcopy "
                          f"Qwen2.5-VL checkpoints ('pointcopy') and official v1 ones ('v1')")
-    config = config_from_official(d).to_dict()
-    config["architectures"] = [ARCHITECTURE]
-    text = json.dumps(config, indent=2, sort_keys=True)
-    key = hashlib.sha256((str(path.resolve()) + text).encode()).hexdigest()[:16]
+    check_tokenizer(path)
+    if d["model_type"] == "pointcopy" and not pointer_tokens:
+        return path
+    if d["model_type"] == "v1":
+        d = config_from_official(d).to_dict()
+        d["architectures"] = [ARCHITECTURE]
+    text = json.dumps(d, indent=2, sort_keys=True)
+    key = hashlib.sha256(f"{path.resolve()}\n{pointer_tokens}\n{text}".encode()).hexdigest()[:16]
     root = Path(cache_dir) if cache_dir else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     view = root / "pointcopy" / "vllm-views" / key
-    view.mkdir(parents=True, exist_ok=True)
+    if (view / "config.json").is_file():
+        return view
+    tmp = view.with_name(f"{key}.tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
     for f in path.iterdir():
-        link = view / f.name
-        if f.name != "config.json" and not link.exists():
-            link.symlink_to(f.resolve())
-    (view / "config.json").write_text(text)
+        if f.name != "config.json" and not (tmp / f.name).exists():
+            (tmp / f.name).symlink_to(f.resolve())
+    if pointer_tokens:
+        _write_pointer_tokenizer(path, tmp, int(d["copy_token_start"]), int(d.get("copy_token_num", 30000)))
+    (tmp / "config.json").write_text(text)  # last: a view with a config.json is complete
+    try:
+        tmp.rename(view)
+    except OSError:  # another process made the same view meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
     return view
+
+
+def _write_pointer_tokenizer(src: Path, dst: Path, start: int, count: int) -> None:
+    from transformers import AutoTokenizer
+
+    from ..tokens import copy_token
+
+    tok = AutoTokenizer.from_pretrained(src)
+    if len(tok) != start:
+        raise ValueError(f"{src}: the tokenizer has {len(tok)} tokens but pointer ids start at {start}; pointer "
+                         f"tokens could not take their ids (serve with the checkpoint's own tokenizer)")
+    for name in TOKENIZER_FILES + ("special_tokens_map.json", "added_tokens.json", "chat_template.jinja"):
+        if (dst / name).is_symlink():
+            (dst / name).unlink()
+    tok.add_tokens([copy_token(k) for k in range(count)])
+    tok.save_pretrained(dst)
 
 
 def cpu_kv_cache_bytes(config: dict, max_num_seqs: int, max_model_len: int | None) -> int:
@@ -79,35 +114,69 @@ def check_tokenizer(model_dir: Path) -> None:
                          f"processor needs the checkpoint's tokenizer next to it")
 
 
-class PointCopyEngine:
-    """A `vllm.LLM` serving one point-and-copy checkpoint. Extra keyword arguments go to `vllm.LLM`."""
+def engine_arguments(model: str | os.PathLike, *, max_num_seqs: int = 32, max_model_len: int | None = None,
+                     max_images: int = 4, dtype: str = "auto", seed: int = 0, enforce_eager: bool | None = None,
+                     pointer_tokens: bool = False, **extra) -> dict:
+    """vLLM engine arguments (`vllm.LLM` / EngineArgs keywords) that serve `model` with point-and-copy; `extra`
+    are further vLLM arguments. The one place both the engine and `pointcopy serve` take them from."""
+    import torch
 
-    def __init__(self, model: str | os.PathLike, *, max_num_seqs: int = 32, max_model_len: int | None = None,
-                 max_images: int = 4, dtype: str = "auto", seed: int = 0, enforce_eager: bool | None = None,
-                 **llm_kwargs):
-        import torch
+    for fixed in ("worker_cls", "enable_prefix_caching", "model"):
+        if fixed in extra:
+            raise ValueError(f"{fixed} is set by pointcopy (point-and-copy needs its own value)")
+    model_dir = served_model_dir(model, pointer_tokens=pointer_tokens)
+    config = read_config_dict(model_dir)
+    cuda = torch.cuda.is_available()
+    if not cuda and "kv_cache_memory_bytes" not in extra and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        # vLLM's CPU default reserves 92% of the machine's memory for the KV cache; size it from the work instead
+        extra["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(config, max_num_seqs, max_model_len)
+    if dtype == "auto":  # vLLM's own "auto" downcasts float32 checkpoints to bfloat16; ours means the file's
+        dtype = checkpoint_dtype(config)
+    return {"model": str(model_dir), "worker_cls": GPU_WORKER if cuda else WORKER, "enable_prefix_caching": False,
+            "limit_mm_per_prompt": {"image": max_images, "video": 0}, "max_num_seqs": max_num_seqs,
+            "max_model_len": max_model_len, "dtype": dtype, "seed": seed,
+            "enforce_eager": (not cuda) if enforce_eager is None else enforce_eager, **extra}
+
+
+def serve_command(model: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000,
+                  served_model_name: str | None = None, vllm_args: list[str] | None = None, **settings) -> list[str]:
+    """The command line (argv, run with this Python) of vLLM's OpenAI-compatible server for `model`:
+    `engine_arguments` (pointer tokens on, so responses carry `<|copy_k|>`) as flags, then `vllm_args`."""
+    import sys
+
+    args = engine_arguments(model, pointer_tokens=True, **settings)
+    # vLLM's OpenAI server module, not the `vllm serve` CLI: vllm-cpu's CLI asks for the version of a distribution
+    # named "vllm" and fails before serving (vllm-cpu 0.32.0)
+    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", args.pop("model"), "--host", host,
+            "--port", str(port), "--served-model-name", served_model_name or Path(model).name]
+    for key, value in args.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            if value:
+                argv.append(flag)
+            elif key == "enable_prefix_caching":  # on by default in vLLM
+                argv.append("--no-enable-prefix-caching")
+            continue
+        argv += [flag, json.dumps(value) if isinstance(value, dict) else str(value)]
+    return argv + list(vllm_args or [])
+
+
+class PointCopyEngine:
+    """A `vllm.LLM` serving one point-and-copy checkpoint; keyword arguments as `engine_arguments`."""
+
+    def __init__(self, model: str | os.PathLike, **settings):
         from vllm import LLM
 
         self.source = str(model)
-        self.model_dir = served_model_dir(model)
-        check_tokenizer(self.model_dir)
+        args = engine_arguments(model, **settings)
+        self.model_dir = Path(args["model"])
         config = read_config_dict(self.model_dir)
         self.copy_token_start = int(config["copy_token_start"])
         self.image_token_id = int(config["image_token_id"])
         self.eos_token_id = _eos_token_id(self.model_dir, config)
-        cuda = torch.cuda.is_available()
-        for fixed in ("worker_cls", "enable_prefix_caching"):
-            if fixed in llm_kwargs:
-                raise ValueError(f"{fixed} is set by PointCopyEngine (point-and-copy needs its own value)")
-        if not cuda and "kv_cache_memory_bytes" not in llm_kwargs and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
-            # vLLM's CPU default reserves 92% of the machine's memory for the KV cache; size it from the work instead
-            llm_kwargs["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(config, max_num_seqs, max_model_len)
-        if dtype == "auto":  # vLLM's own "auto" downcasts float32 checkpoints to bfloat16; ours means the file's
-            dtype = checkpoint_dtype(config)
-        self.llm = LLM(model=str(self.model_dir), worker_cls=GPU_WORKER if cuda else WORKER,
-                       enable_prefix_caching=False, limit_mm_per_prompt={"image": max_images, "video": 0},
-                       max_num_seqs=max_num_seqs, max_model_len=max_model_len, dtype=dtype, seed=seed,
-                       enforce_eager=(not cuda) if enforce_eager is None else enforce_eager, **llm_kwargs)
+        self.llm = LLM(**args)
 
     def close(self) -> None:
         """Stop vLLM's engine processes now (otherwise they stop when the interpreter exits)."""

@@ -29,6 +29,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--vllm-compile", action="store_true", help="let vLLM compile the model (torch.compile) "
+                        "instead of running eagerly, the CPU default here")
     args = parser.parse_args()
 
     import torch
@@ -64,7 +66,8 @@ def main() -> None:
     prompts = [(ids[mask.bool()].tolist(), imgs)
                for ids, mask, imgs in zip(batch["input_ids"], batch["attention_mask"], images)]
 
-    with PointCopyEngine(model_dir, max_num_seqs=max(BATCHES), max_model_len=1024) as engine:
+    with PointCopyEngine(model_dir, max_num_seqs=max(BATCHES), max_model_len=1024,
+                         enforce_eager=not args.vllm_compile) as engine:
         def run_vllm(b: int) -> float:
             t0 = time.perf_counter()
             rows = engine.generate_ids(prompts[:b], steps, ignore_eos=True)
@@ -80,7 +83,7 @@ def main() -> None:
                 hf[b].append(run_hf(b))
                 vl[b].append(run_vllm(b))
     print(f"model: {params / 1e6:.1f}M parameters (hidden 512, 8 layers), {steps} new tokens, greedy, "
-          f"{args.threads} threads, median of {args.repeats}")
+          f"{args.threads} threads, median of {args.repeats}, vLLM {'compiled' if args.vllm_compile else 'eager'}")
     print(f"{'batch':>5} {'transformers tok/s':>19} {'vLLM tok/s':>11} {'vLLM / transformers':>20}")
     for b in BATCHES:
         h, v = statistics.median(hf[b]), statistics.median(vl[b])

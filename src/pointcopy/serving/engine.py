@@ -41,6 +41,10 @@ def served_model_dir(path: str | os.PathLike, pointer_tokens: bool = False,
       responses keep them with skip_special_tokens. The checkpoint's own tokenizer must end right before
       copy_token_start, as Qwen's does (151,665)."""
     path = Path(path)
+    if not path.is_dir():  # a hub id: vLLM gets the downloaded folder (views link to its files)
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(str(path)))
     d = read_config_dict(path)
     if d.get("model_type") not in ("pointcopy", "v1"):
         raise ValueError(f"{path}: config.json model_type {d.get('model_type')!r}; vLLM serving takes pointcopy "

@@ -167,7 +167,7 @@ def test_official_oracle_case_b_ids_and_raw_logits(run):
     for step, top in enumerate(out["oracle_top"]):
         for token, logit in top.items():
             worst = max(worst, abs(logit - float(case["scores"][step, 0, int(token)])))
-    assert worst < 1e-5, worst
+    assert worst < 2e-6, worst  # measured 7.2e-7
 
 
 def _eval_in_vllm_env(python: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -5,13 +5,12 @@ equal too); a rerun finds every item done."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import torchrun_cli
 from pointcopy.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -21,10 +20,7 @@ pytestmark = pytest.mark.slow
 
 
 def _torchrun(args: list[str], port: int) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
-                           "127.0.0.1", "--master-port", str(port), "-m", "pointcopy.cli", "analyze", *args], env=env,
-                          capture_output=True, text=True, timeout=600)
+    return torchrun_cli(["analyze", *args], port)
 
 
 def _items(tmp_path: Path) -> Path:

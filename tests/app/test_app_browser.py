@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import stop_process
+
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 MAX_NEW_TOKENS = 400  # shapes-tiny's answers to these questions take 100-300 tokens
@@ -65,12 +67,7 @@ def server(tmp_path_factory):
             time.sleep(0.3)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=20)
         log.close()
         text = (tmp / "server.log").read_text()
         # a user's mistake is one line in the page, never a traceback on the server either

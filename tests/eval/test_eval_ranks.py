@@ -5,27 +5,21 @@ rerun, every rank finds its items done."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from conftest import torchrun_cli
 from pointcopy.cli import main as cli_main
 from pointcopy.eval import data
 
 from test_eval_runner import _make_pointing_model, _strip
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
 def _torchrun(args: list[str], port: int) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
-                           "127.0.0.1", "--master-port", str(port), "-m", "pointcopy.cli", "eval", *args], env=env,
-                          capture_output=True, text=True, timeout=600)
+    return torchrun_cli(["eval", *args], port)
 
 
 def test_two_ranks_merge_to_the_one_process_predictions(benchmarks_path, tmp_path):

@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, oracles_dir
+from conftest import REPO, oracles_dir, stop_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -124,7 +124,8 @@ def run(tmp_path_factory):
            "oracle": {"model": str(oracle_checkpoint(tmp)), "prompt": case["input_ids"][0].tolist(),
                       "image": str(tmp / "oracle.png"), "max_new_tokens": 40, "top": 5}}
     (tmp / "job.json").write_text(json.dumps(job))
-    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING", "PYTHONPATH": str(REPO / "src")}
+    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING", "PYTHONPATH": str(REPO / "src"),
+           "XDG_CACHE_HOME": str(tmp / "cache")}  # the official checkpoint's view folder
     proc = subprocess.run([str(python), str(Path(__file__).with_name("vllm_side.py")), str(tmp / "job.json"),
                            str(tmp / "out.json")], env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-6000:]
@@ -283,9 +284,5 @@ def test_serve_answers_chat_requests_as_generate_does(tmp_path):
             assert [(r["pointer"], r["image"], r["row"], r["col"]) for r in copied_regions(text, [image], processor)] \
                 == [(c.slot, c.image, c.row, c.col) for c in gen.cells]
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_process(server)
         log.close()

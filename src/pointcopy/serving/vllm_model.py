@@ -52,17 +52,16 @@ class CopyMemoryPool:
     weight   (rows, S, D)  keys with the query projection folded in: logit = h . weight[k] + bias[k], / sqrt(D)
     bias     (rows, S)
     num_slots (rows,)      image tokens of the request (pointer k is valid for k < num_slots)
-    Row `max_requests` is a scratch row for vLLM's dummy/profiling runs.
+    with rows = `max_requests` (vLLM's max_num_seqs): a request holds one row from arrival until it finishes.
     """
 
     def __init__(self, max_requests: int, slots: int, hidden: int, dtype, device):
-        rows = max_requests + 1
+        rows = max_requests
         self.slots = slots
         self.values = torch.zeros(rows, slots, hidden, dtype=dtype, device=device)
         self.weight = torch.zeros(rows, slots, hidden, dtype=dtype, device=device)
         self.bias = torch.zeros(rows, slots, dtype=dtype, device=device)
         self.num_slots = torch.zeros(rows, dtype=torch.long, device=device)
-        self.scratch_row = max_requests
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.values, self.weight, self.bias, self.num_slots))
@@ -96,15 +95,12 @@ class PointCopyVLLM(Qwen2_5_VLForConditionalGeneration):
                                     tied=cfg.tie_copy_heads, normalize=cfg.normalize_copy_states,
                                     use_gate=cfg.use_gate)
         self.copy_batch: CopyBatch | None = None
-        self.memory: CopyMemoryPool | None = None  # allocated by the runner (it knows max requests and length)
-
-    # ---- memory ------------------------------------------------------------------------------------------------
-    def allocate_copy_memory(self, max_requests: int, slots: int) -> CopyMemoryPool:
-        param = self.pointer.q_proj.weight if not self.pointer.tied else self.pointer.shared_proj.weight
-        text = self.config.get_text_config()
-        self.memory = CopyMemoryPool(max_requests, min(slots, self.copy_width), text.hidden_size,
-                                     param.dtype, param.device)
-        return self.memory
+        # allocated with the weights, so vLLM's memory profiling counts it before sizing the KV cache:
+        # one row per schedulable request, slots for the longest prompt the engine admits
+        param = next(self.pointer.parameters())
+        self.memory = CopyMemoryPool(vllm_config.scheduler_config.max_num_seqs,
+                                     min(self.copy_width, vllm_config.model_config.max_model_len),
+                                     text.hidden_size, param.dtype, param.device)
 
     # ---- the three hooks ---------------------------------------------------------------------------------------
     def embed_input_ids(self, input_ids, multimodal_embeddings=None, *, is_multimodal=None):
@@ -112,7 +108,7 @@ class PointCopyVLLM(Qwen2_5_VLForConditionalGeneration):
         ids = torch.where(is_ptr, self.config.region_token_id, input_ids)
         embeds = super().embed_input_ids(ids, multimodal_embeddings, is_multimodal=is_multimodal)
         batch, mem = self.copy_batch, self.memory
-        if batch is None or mem is None:  # dummy / profiling run
+        if batch is None:  # dummy / profiling run
             return embeds
         n = input_ids.shape[0]
         rows = batch.token_rows[:n]
@@ -134,7 +130,7 @@ class PointCopyVLLM(Qwen2_5_VLForConditionalGeneration):
     def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, **kwargs):
         hidden = super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kwargs)
         batch = self.copy_batch
-        if batch is not None and self.memory is not None and batch.image_tokens.numel() \
+        if batch is not None and batch.image_tokens.numel() \
                 and not self.config.use_embeddings_as_keys:
             img = batch.image_tokens
             self._store_keys(batch.token_rows[img], batch.token_slots[img], hidden[img])
@@ -160,7 +156,7 @@ class PointCopyVLLM(Qwen2_5_VLForConditionalGeneration):
             logits[:, :start] = gen
             return logits
         gate = self.pointer.gate_values(hidden_states)
-        if batch is None or mem is None or batch.max_slots == 0 or batch.logits_rows.shape[0] != n:
+        if batch is None or batch.max_slots == 0 or batch.logits_rows.shape[0] != n:
             logits[:, :start] = gen if gate is None else gen * (1 - gate)
             return logits
         k = batch.max_slots

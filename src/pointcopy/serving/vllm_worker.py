@@ -42,10 +42,9 @@ class PointCopyRunnerMixin:
     def _pc_ready(self, model: PointCopyVLLM) -> None:
         if self._pc_free is not None:
             return
-        max_reqs, max_len = self.max_num_reqs, self.max_model_len
-        model.allocate_copy_memory(max_reqs, max_len)
-        self._pc_free = list(range(max_reqs - 1, -1, -1))
-        self._pc_slot_map = np.full((max_reqs + 1, max_len), -1, dtype=np.int64)
+        rows = model.memory.num_slots.shape[0]
+        self._pc_free = list(range(rows - 1, -1, -1))
+        self._pc_slot_map = np.full((rows, self.max_model_len), -1, dtype=np.int64)
 
     # ---- request lifecycle ---------------------------------------------------------------------------------
     def _update_states(self, scheduler_output):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import torchrun_cli
+from testsupport import torchrun_cli
 from pointcopy.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from conftest import torchrun_cli
+from testsupport import torchrun_cli
 from pointcopy.cli import main as cli_main
 from pointcopy.eval import data
 

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from conftest import REPO, oracles_dir
+from testsupport import REPO, oracles_dir
 from pointcopy.serving.engine import (collapse_image_runs, engine_arguments, sampling_from_generate_kwargs,
                                       serve_command, served_model_dir)
 

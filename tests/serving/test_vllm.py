@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, oracles_dir, stop_process
+from testsupport import REPO, oracles_dir, stop_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -172,7 +172,7 @@ def test_official_oracle_case_b_ids_and_raw_logits(run):
 
 
 def _eval_in_vllm_env(python: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    from conftest import benchmarks_dir
+    from testsupport import benchmarks_dir
 
     args = ["eval", "mathvision", "--model", str(SHAPES), "--data", str(benchmarks_dir() / "mathvision"),
             "--split", "testmini", "--limit", "6", "--batch-size", "4", "--max-new-tokens", "48", "--no-progress",
@@ -204,7 +204,7 @@ def test_eval_engine_vllm_without_vllm_says_how_to_get_it(tmp_path, capsys):
     pytest.importorskip("torch")
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vLLM is importable here")
-    from conftest import benchmarks_dir
+    from testsupport import benchmarks_dir
     from pointcopy.cli import main as cli_main
 
     code = cli_main(["eval", "mathvision", "--model", str(SHAPES), "--data", str(benchmarks_dir() / "mathvision"),

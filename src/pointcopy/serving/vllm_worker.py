@@ -137,7 +137,7 @@ def _adopt_runner(worker, base: type, adopted: type) -> None:
     runner = worker.model_runner
     if type(runner) is not base:
         raise RuntimeError(f"point-and-copy serving needs vLLM's V1 model runner {base.__name__}, got "
-                           f"{type(runner).__module__}.{type(runner).__name__} (unset VLLM_USE_V2_MODEL_RUNNER)")
+                           f"{type(runner).__module__}.{type(runner).__name__} (set VLLM_USE_V2_MODEL_RUNNER=0)")
     runner.__class__ = adopted
     runner._pc_setup()
 

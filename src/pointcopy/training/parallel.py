@@ -153,9 +153,15 @@ def main(argv: list[str] | None = None) -> int:
         options = replace(options, progress=False)  # one progress bar
     try:
         train(options)
-    finally:
+    except BaseException:
         close_process_group()
-    return 0
+        raise
+    # Every rank has passed train()'s closing barrier, so nothing is left to say to the others; leave without the
+    # interpreter's teardown, where gloo's threads have aborted a finished rank ("terminate called without an
+    # active exception", SIGABRT) even after close_process_group, and the launcher then failed a good run.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -153,16 +153,16 @@ def main(argv: list[str] | None = None) -> int:
         options = replace(options, progress=False)  # one progress bar
     try:
         train(options)
-    except BaseException:
+    finally:
         close_process_group()
-        raise
-    # Every rank has passed train()'s closing barrier, so nothing is left to say to the others; leave without the
-    # interpreter's teardown, where gloo's threads have aborted a finished rank ("terminate called without an
-    # active exception", SIGABRT) even after close_process_group, and the launcher then failed a good run.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # A worker process whose rank has finished: leave without the interpreter's teardown, where gloo's threads
+    # have aborted a finished rank ("terminate called without an active exception", SIGABRT) even after
+    # close_process_group, and the launcher then failed a good run. (main() itself returns normally.)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

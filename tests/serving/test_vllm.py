@@ -201,7 +201,6 @@ def test_eval_engine_vllm_writes_the_transformers_predictions(tmp_path):
 
 def test_eval_engine_vllm_without_vllm_says_how_to_get_it(tmp_path, capsys):
     """In the main environment (no vLLM) the command stops before loading anything, naming the setup script."""
-    pytest.importorskip("torch")
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vLLM is importable here")
     from testsupport import benchmarks_dir

@@ -34,6 +34,7 @@ class PointCopyRunnerMixin:
         self._pc_rows: dict[str, int] = {}
         self._pc_free: list[int] | None = None
         self._pc_slot_map: np.ndarray | None = None
+        self._pc_num_slots: np.ndarray | None = None  # host copy of memory.num_slots: no device read per step
 
     def _pc_model(self) -> PointCopyVLLM | None:
         model = self.get_model()
@@ -45,6 +46,7 @@ class PointCopyRunnerMixin:
         rows = model.memory.num_slots.shape[0]
         self._pc_free = list(range(rows - 1, -1, -1))
         self._pc_slot_map = np.full((rows, self.max_model_len), -1, dtype=np.int64)
+        self._pc_num_slots = np.zeros(rows, dtype=np.int64)
 
     # ---- request lifecycle ---------------------------------------------------------------------------------
     def _update_states(self, scheduler_output):
@@ -79,7 +81,7 @@ class PointCopyRunnerMixin:
         slot_map = self._pc_slot_map[row]
         slot_map[:] = -1
         slot_map[np.nonzero(is_image)[0]] = np.arange(n_slots)
-        mem.num_slots[row] = n_slots
+        mem.num_slots[row] = self._pc_num_slots[row] = n_slots
 
     # ---- per step --------------------------------------------------------------------------------------------
     def _preprocess(self, scheduler_output, num_input_tokens, intermediate_tensors=None):
@@ -100,7 +102,7 @@ class PointCopyRunnerMixin:
         token_slots = np.full_like(token_rows, -1)
         token_slots[in_map] = self._pc_slot_map[token_rows[in_map], positions[in_map]]
         device = model.memory.values.device
-        max_slots = int(model.memory.num_slots[torch.from_numpy(rows).to(device)].max()) if len(rows) else 0
+        max_slots = int(self._pc_num_slots[rows].max()) if len(rows) else 0
         return CopyBatch(token_rows=torch.from_numpy(token_rows).to(device),
                          token_slots=torch.from_numpy(token_slots).to(device),
                          image_tokens=torch.from_numpy(np.nonzero(token_slots >= 0)[0]).to(device),
